@@ -1,0 +1,118 @@
+"""Attention with learned prefixes, through transformers' own ``AttentionInterface``.
+
+BERT, GPT-2 and Llama attention in transformers 5.x all call
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)(module, q, k, v, mask, ...)``,
+so registering one more implementation lets autopeft extend keys and values layer by layer without
+patching any model class. For a module carrying a prefix (attribute :data:`PREFIX_ATTR`), with prefix
+length P, queries (B, H, T, D) and keys/values (B, H_kv, S, D):
+
+    K' = [P_k ; K]   V' = [P_v ; V]      (B, H_kv, P + S, D)
+    mask' = [visible (B, 1, T, P) ; mask]
+
+Every query may attend to every prefix position; the original mask (padding, causality) is kept for
+the rest. A mask of ``None`` on a causal module means "causal": it is made explicit, since the prefix
+shifts the diagonal (SDPA's ``is_causal`` aligns top-left). Modules without a prefix are untouched.
+
+The wrapped implementation is the model's own (``sdpa`` by default). Masks are built by the same
+mask function the wrapped implementation uses, registered under our name in ``AttentionMaskInterface``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX_ATTR = "autopeft_prefix"
+_WRAPPABLE = ("sdpa", "eager")
+
+
+def implementation_name(inner: str) -> str:
+    return f"autopeft_{inner}"
+
+
+def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Plain attention for models configured as 'eager' (transformers keeps eager per model file)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = query @ key.transpose(-1, -2) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def _with_prefix(inner: str) -> Callable:
+    base = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else _eager
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        prefix = getattr(module, PREFIX_ATTR, None)
+        if prefix is not None:
+            key, value, attention_mask = extend_with_prefix(
+                prefix.key, prefix.value, query, key, value, attention_mask,
+                causal=bool(getattr(module, "is_causal", False)),
+            )
+            kwargs.pop("is_causal", None)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_mask, causal: bool):
+    """Prepend prefix keys/values (H_kv, P, D) and extend the mask; see the module docstring."""
+    batch, _, q_len, _ = query.shape
+    length = prefix_key.shape[1]
+    pk = prefix_key.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # (B, H_kv, P, D)
+    pv = prefix_value.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+    key = torch.cat([pk, key], dim=2)
+    value = torch.cat([pv, value], dim=2)
+    kv_len = key.shape[2] - length
+    if attention_mask is None:
+        if not (causal and q_len > 1):
+            return key, value, None
+        # query i (of the last q_len positions) sees key j iff j <= i + (kv_len - q_len)
+        rows = torch.arange(q_len, device=query.device).unsqueeze(1) + (kv_len - q_len)
+        cols = torch.arange(kv_len, device=query.device).unsqueeze(0)
+        attention_mask = (cols <= rows)[None, None]  # (1, 1, T, S)
+    visible_value = True if attention_mask.dtype == torch.bool else 0.0
+    visible = torch.full(
+        (*attention_mask.shape[:-1], length), visible_value, dtype=attention_mask.dtype, device=attention_mask.device
+    )
+    return key, value, torch.cat([visible, attention_mask], dim=-1)
+
+
+def register_prefix_attention() -> None:
+    """Idempotently register ``autopeft_sdpa`` / ``autopeft_eager`` with transformers."""
+    for inner in _WRAPPABLE:
+        name = implementation_name(inner)
+        if name not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(name, _with_prefix(inner))
+        if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+
+
+def switch_to_prefix_attention(model: nn.Module) -> Callable[[], None]:
+    """Point the model's config at autopeft's attention; return a function that restores it."""
+    register_prefix_attention()
+    config = model.config
+    original = config._attn_implementation
+    if original and original.startswith("autopeft_"):
+        return lambda: None
+    inner = original if original in _WRAPPABLE else "sdpa"
+    config._attn_implementation = implementation_name(inner)
+
+    def restore() -> None:
+        config._attn_implementation = original
+
+    return restore

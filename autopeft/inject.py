@@ -1,0 +1,202 @@
+"""Inject a plan into a model, and take it out again.
+
+One generic mechanism for every method (see ``autopeft.methods.base``):
+
+- a projection that receives linear-site methods is replaced on its parent by :class:`AdaptedLinear`,
+  which keeps the original module as ``base`` and applies each method's transform to its columns;
+- attention-level methods are attached to the attention module as a named submodule that autopeft's
+  attention function reads (``autopeft.attention``).
+
+:func:`inject` freezes every base parameter and returns an :class:`InjectionHandle` that knows each
+injected module by its placement key (``layers.<i>.<site>.<method>``). ``handle.remove()`` puts the
+original modules back and restores every ``requires_grad`` flag and the attention implementation: the
+base model's state dict and outputs are bitwise what they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from autopeft.arch import ModelArch, arch_from_config
+from autopeft.attention import PREFIX_ATTR, switch_to_prefix_attention
+from autopeft.errors import UserError
+from autopeft.methods import Placement as MethodPlacement
+from autopeft.methods import get_method
+from autopeft.plan import Placement, Plan
+
+HEAD_PREFIX = "head."
+
+
+class AdaptedLinear(nn.Module):
+    """A projection plus the transforms of the methods placed on it (per site column range)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.transforms = nn.ModuleDict()
+        self._columns: dict[str, tuple[int, int] | None] = {}
+        self._stages: dict[str, int] = {}
+
+    def add(self, name: str, module: nn.Module, columns: tuple[int, int] | None, stage: int) -> None:
+        self.transforms[name] = module
+        self._columns[name] = columns
+        self._stages[name] = stage
+        order = sorted(self._stages, key=lambda n: self._stages[n])
+        self.transforms = nn.ModuleDict({n: self.transforms[n] for n in order})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        for name, transform in self.transforms.items():
+            columns = self._columns[name]
+            if columns is None:
+                y = transform(x, y)
+            else:  # a slice of a fused projection, e.g. q of GPT-2's c_attn
+                start, stop = columns
+                part = transform(x, y[..., start:stop])
+                y = torch.cat([y[..., :start], part, y[..., stop:]], dim=-1)
+        return y
+
+
+class InjectionHandle:
+    def __init__(self, model: nn.Module, arch: ModelArch, plan: Plan) -> None:
+        self.model = model
+        self.arch = arch
+        self.plan = plan
+        self.modules: dict[str, nn.Module] = {}
+        self.head: dict[str, nn.Parameter] = {}
+        self._undo: list[Callable[[], None]] = []
+        self._removed = False
+
+    # --- parameters -----------------------------------------------------------------------
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for key, module in self.modules.items():
+            for name, param in module.named_parameters():
+                yield f"{key}.{name}", param
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from self.adapter_parameters()
+        for name, param in self.head.items():
+            yield HEAD_PREFIX + name, param
+
+    def num_adapter_params(self) -> int:
+        return sum(p.numel() for _, p in self.adapter_parameters())
+
+    def num_head_params(self) -> int:
+        return sum(p.numel() for p in self.head.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter and head weights by stable names; what ``adapter.safetensors`` holds."""
+        return {name: p.detach().contiguous() for name, p in self.trainable_parameters()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        own = dict(self.trainable_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise UserError(
+                f"{source} does not match the plan: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+            )
+        with torch.no_grad():
+            for name, param in own.items():
+                if state[name].shape != param.shape:
+                    raise UserError(f"{source}: '{name}' has shape {tuple(state[name].shape)}, "
+                                    f"the plan needs {tuple(param.shape)}")
+                param.copy_(state[name])
+
+    # --- removal --------------------------------------------------------------------------
+    def remove(self) -> None:
+        if self._removed:
+            return
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self.modules.clear()
+        self._removed = True
+
+    def __enter__(self) -> InjectionHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters of the task head: those outside ``model.base_model`` and not tied into it."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return {}
+    base_ids = {id(p) for p in base.parameters()}
+    prefix = getattr(model, "base_model_prefix", "")
+    return {
+        name: p
+        for name, p in model.named_parameters(remove_duplicate=True)
+        if not name.startswith(prefix + ".") and id(p) not in base_ids
+    }
+
+
+def inject(model: nn.Module, plan: Plan, arch: ModelArch | None = None, train_head: bool = True) -> InjectionHandle:
+    """Freeze ``model``, add ``plan``'s modules, and return the handle that removes them."""
+    arch = arch or arch_from_config(model.config)
+    placements = plan.placements(arch)
+    handle = InjectionHandle(model, arch, plan)
+    try:
+        _freeze(model, handle)
+        if train_head:
+            handle.head = head_parameters(model)
+            for p in handle.head.values():
+                p.requires_grad_(True)
+        if any(get_method(p.method).placement is MethodPlacement.ATTENTION for p in placements):
+            handle._undo.append(switch_to_prefix_attention(model))
+        reference = next(model.parameters())
+        for placement in placements:
+            module = _build(placement, arch).to(device=reference.device)
+            _attach(model, arch, placement, module, handle)
+            handle.modules[placement.key] = module
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+def _freeze(model: nn.Module, handle: InjectionHandle) -> None:
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(False)
+
+    def restore() -> None:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+    handle._undo.append(restore)
+
+
+def _build(placement: Placement, arch: ModelArch) -> nn.Module:
+    method = get_method(placement.method)
+    module = method.build(placement.config, arch, placement.linear)
+    return module.float()  # trainable weights stay fp32 (master weights), whatever the base dtype
+
+
+def _attach(model: nn.Module, arch: ModelArch, placement: Placement, module: nn.Module,
+            handle: InjectionHandle) -> None:
+    method = get_method(placement.method)
+    if method.placement is MethodPlacement.ATTENTION:
+        attention = arch.attention_module(model, placement.layer)
+        attention.add_module(PREFIX_ATTR, module)
+        handle._undo.append(lambda: delattr(attention, PREFIX_ATTR))  # `attention` is not rebound
+        return
+    assert placement.linear is not None
+    block = arch.blocks(model)[placement.layer]
+    parent_path, _, child = placement.linear.path.rpartition(".")
+    parent = block.get_submodule(parent_path) if parent_path else block
+    wrapper = getattr(parent, child)
+    if not isinstance(wrapper, AdaptedLinear):
+        original = wrapper
+        wrapper = AdaptedLinear(original)
+        setattr(parent, child, wrapper)
+        handle._undo.append(lambda: setattr(parent, child, original))
+    fused = placement.linear.out_slice[1] > 1
+    wrapper.add(f"{placement.site}_{placement.method}", module,
+                placement.linear.columns if fused else None, method.stage)

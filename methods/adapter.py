@@ -1,0 +1,70 @@
+"""Bottleneck adapter (Houlsby et al., 2019; Pfeiffer et al., 2020), serial form.
+
+Applied to the output ``h`` of a projection (``o`` = after attention, ``down`` = after the MLP):
+
+    h <- h + s * W_up act(W_down h + b_down) + s * b_up,   W_down: (m, d), W_up: (d, m)
+
+Houlsby places one after attention and one after the MLP of every block; Pfeiffer only after the MLP.
+W_up and b_up start at zero, so the adapter is the identity at initialisation.
+Parameters: m * d + m (down) + d * m + d (up) = 2 m d + m + d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from autopeft.methods.base import Placement, positive, register
+
+from autopeft.arch import LinearSite, ModelArch
+
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    size: int = 16
+    activation: Activation = "relu"
+    scaling: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("size", self.size)
+
+
+class BottleneckAdapter(nn.Module):
+    def __init__(self, width: int, config: AdapterConfig) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, config.size)
+        self.up = nn.Linear(config.size, width)
+        self.act = _ACTIVATIONS[config.activation]()
+        self.scaling = config.scaling
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # y: (..., d) -> (..., m) -> (..., d)
+        h = y.to(self.down.weight.dtype)
+        return y + (self.up(self.act(self.down(h))) * self.scaling).to(y.dtype)
+
+
+@register
+class Adapter:
+    name = "adapter"
+    summary = "serial bottleneck adapter on a projection's output (o: after attention, down: after MLP)"
+    placement = Placement.LINEAR
+    stage = 10
+    config_cls = AdapterConfig
+    sites = None
+
+    def num_params(self, config: AdapterConfig, arch: ModelArch, site: LinearSite | None) -> int:
+        assert site is not None
+        return 2 * config.size * site.width + config.size + site.width
+
+    def build(self, config: AdapterConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        assert site is not None
+        return BottleneckAdapter(site.width, config)

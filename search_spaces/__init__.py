@@ -1,0 +1,1 @@
+"""Search-space presets (YAML), shipped as package data; see ``autopeft.space``."""
