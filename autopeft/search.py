@@ -65,9 +65,10 @@ class SearchResult:
 
 def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> SearchResult:
     reporter = reporter or Reporter()
+    parse_budget(settings.budget, base_params=10**12)  # syntax errors surface before any loading
+    space = load_space(settings.space)
     files = StudyFiles(Path(settings.out))
     files.check_resume(settings.identity())
-    space = load_space(settings.space)
     reporter.info(f"loading model '{settings.data.model}' and dataset '{settings.data.dataset}'")
     prepared = prepare(settings.data)
     arch = prepared.loaded.arch

@@ -1,0 +1,72 @@
+"""End-to-end: real searches through the CLI on real (offline) models and data, plus resume."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from autopeft.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _search(out, *extra):
+    return main(["search", "--out", str(out), "--trials", "3", "--steps", "25", "--quiet", "--budget", "0.5%",
+                 *extra])
+
+
+def test_minilm_search_eval_and_resume(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _search(out) == 0
+    for name in ("study.db", "trials.csv", "pareto.csv", "summary.json", "settings.json",
+                 "best/plan.json", "best/adapter.safetensors", "best/autopeft_config.json", "best/metrics.json"):
+        assert (out / name).is_file(), name
+    trials = pd.read_csv(out / "trials.csv")
+    for column in ("number", "state", "metric", "params", "params_pct", "duration_s", "plan"):
+        assert column in trials.columns
+    complete = trials[trials.state == "complete"]
+    assert len(complete) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert (complete.params <= summary["budget_params"]).all()
+    assert (trials[trials.status == "infeasible"].params > summary["budget_params"]).all()
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert 1 <= len(pareto) <= 3 and set(pareto.number) <= set(complete.number)
+    metrics = json.loads((out / "best/metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["validation"]["accuracy"] == max(complete.metric)
+
+    # eval reproduces the recorded validation metric exactly
+    capsys.readouterr()
+    assert main(["eval", str(out / "best"), "--split", "validation", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == metrics["validation"]["accuracy"]
+    assert evaluated["macro_f1"] == metrics["validation"]["macro_f1"]
+
+    # pareto prints a table and JSON
+    assert main(["pareto", str(out)]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    assert main(["pareto", str(out), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == len(pareto)
+
+    # same command: resumes, trains nothing new; one more trial: trains exactly one
+    assert _search(out) == 0
+    assert (pd.read_csv(out / "trials.csv").state == "complete").sum() == 3
+    assert main(["search", "--out", str(out), "--trials", "4", "--steps", "25", "--quiet", "--budget", "0.5%"]) == 0
+    assert (pd.read_csv(out / "trials.csv").state == "complete").sum() == 4
+
+    # other settings on the same --out are refused, naming the difference
+    assert _search(out, "--max-length", "32") == 2
+    assert "max_length" in capsys.readouterr().err
+
+
+def test_causal_lm_search_on_smollm2_hamlet(tmp_path, capsys):
+    out = tmp_path / "lm"
+    code = main(["search", "--model", "smollm2-135m", "--dataset", "hamlet", "--out", str(out), "--trials", "2",
+                 "--steps", "4", "--batch-size", "2", "--max-length", "64", "--budget", "0.1%", "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "best/metrics.json").read_text())
+    assert metrics["validation"]["loss"] > 0 and metrics["test"]["perplexity"] > 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "loss"
+    assert main(["eval", str(out / "best"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == metrics["validation"]["loss"]
