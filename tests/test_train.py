@@ -1,0 +1,88 @@
+"""The trial trainer on tiny models: learning happens, the base is untouched, metrics are reproducible."""
+
+import math
+
+import pytest
+import torch
+
+from autopeft.data import TokenizedSplit
+from autopeft.plan import Plan, PlanEntry
+from autopeft.testing import tiny_model
+from autopeft.train import DivergedError, Session, TrainConfig, classification_metrics
+
+
+def _toy_classification(n=96, seed=0):
+    """Label = whether token 7 occurs: learnable by any method that lets the head see the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for i in range(n):
+        length = int(torch.randint(4, 12, (1,), generator=g))
+        row = torch.randint(10, 97, (length,), generator=g).tolist()
+        label = i % 2
+        if label:
+            row[int(torch.randint(0, length, (1,), generator=g))] = 7
+        ids.append(row)
+        labels.append(label)
+    return TokenizedSplit(ids, labels, 0)
+
+
+def _session(family="bert", task="classification"):
+    model = tiny_model(family, task, num_labels=2)
+    from autopeft.arch import arch_from_config
+
+    if task == "classification":
+        splits = {"train": _toy_classification(96, 0), "validation": _toy_classification(48, 1),
+                  "test": _toy_classification(48, 2)}
+    else:
+        g = torch.Generator().manual_seed(0)
+        block = [torch.randint(1, 97, (16,), generator=g).tolist() for _ in range(8)]
+        splits = {name: TokenizedSplit(block, None, 0) for name in ("train", "validation", "test")}
+    return Session(model, arch_from_config(model.config), task, splits, pad_token_id=0)
+
+
+LORA = Plan((PlanEntry("lora", (0, 1, 2), ("q", "v"), {"r": 4}),))
+
+
+def test_training_reduces_loss_and_leaves_base_unchanged():
+    session = _session()
+    base = {k: v.clone() for k, v in session.model.state_dict().items() if "classifier" not in k}
+    config = TrainConfig(steps=200, batch_size=16, lr=2e-2, precision="fp32")
+    outcome = session.run(LORA, config)
+    first_loss = math.log(2)
+    assert outcome.train_loss < first_loss - 0.1
+    assert outcome.adapter_params == LORA.num_params(session.arch)
+    after = {k: v for k, v in session.model.state_dict().items() if "classifier" not in k}
+    assert set(after) == set(base) and all(torch.equal(base[k], after[k]) for k in base)
+    assert set(outcome.state) == {k for k in outcome.state if k.startswith(("layers.", "head."))}
+
+
+def test_same_seed_same_result_and_saved_adapter_reproduces_metric():
+    session = _session()
+    config = TrainConfig(steps=10, batch_size=8, precision="fp32", seed=3)
+    a = session.run(LORA, config)
+    b = session.run(LORA, config)
+    assert a.validation.values == b.validation.values
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    again = session.evaluate_adapter(LORA, a.state, "validation", config)
+    assert again.values == a.validation.values
+
+
+def test_causal_lm_metrics_and_no_head_training():
+    session = _session("llama", "causal-lm")
+    outcome = session.run(LORA, TrainConfig(steps=5, batch_size=4, lr=1e-2, precision="bf16"))
+    assert outcome.head_params == 0
+    assert outcome.validation.name == "loss" and not outcome.validation.greater_is_better
+    assert outcome.validation.values["perplexity"] == pytest.approx(math.exp(outcome.validation.values["loss"]))
+
+
+def test_divergence_is_detected():
+    session = _session()
+    with pytest.raises(DivergedError):
+        session.run(LORA, TrainConfig(steps=20, batch_size=8, lr=1e12, precision="fp32", max_grad_norm=1e30))
+
+
+def test_classification_metrics():
+    m = classification_metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]))
+    assert m.values["accuracy"] == 0.75
+    # per class F1: 1.0, 2/3, 2/3
+    assert m.values["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
