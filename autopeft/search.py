@@ -14,7 +14,7 @@ before its result is told to Optuna, so a recorded result always has its weights
 from __future__ import annotations
 
 import logging
-import math
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,7 +35,7 @@ from autopeft.train import DivergedError, TrainConfig
 log = logging.getLogger("autopeft")
 STUDY_NAME = "autopeft"
 SamplerName = Literal["tpe", "random"]
-MAX_CONSECUTIVE_INFEASIBLE = 2000
+MAX_CONSECUTIVE_INFEASIBLE = 50  # repairs always fit, so this only guards against bugs
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,11 @@ def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> Se
     reporter.info(f"base model {format_count(base)} params ({arch.family.name}, {arch.num_layers} layers); "
                   f"budget {format_count(budget)} trainable params; space '{space.name}'; "
                   f"splits {prepared.data.split_sizes}")
+    smallest = space.min_params(arch)
+    if smallest > budget:
+        raise UserError(f"no plan of space '{space.name}' fits --budget {settings.budget} ({budget} params) on "
+                        f"this model; the smallest feasible budget is {smallest} params "
+                        f"({100 * smallest / base:.4f}%)")
     files.write_settings(settings.identity(), extra={"budget_params": budget, "base_params": base,
                                                       "data": prepared.data.to_record()})
     study = _open_study(files, settings, prepared)
@@ -122,22 +127,27 @@ def _loop(study: optuna.Study, settings: SearchSettings, space: SearchSpace, pre
     base = prepared.loaded.base_params
     infeasible_run = 0
     failures = 0
-    smallest_infeasible = math.inf
     while (done := _count(study, TrialState.COMPLETE)) < settings.trials:
         if settings.time_budget_s is not None and time.time() - start > settings.time_budget_s:
             reporter.info(f"time budget reached after {done} trials")
             break
         trial = study.ask()
-        plan, overrides = space.sample(trial, arch)
+        sample = space.sample_choices(trial, arch)
+        plan, overrides = sample.plan(), sample.training
         params = plan.num_params(arch)
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("params", params)
         trial.set_user_attr("params_pct", 100 * params / base)
         if params > budget:
-            smallest_infeasible = min(smallest_infeasible, params)
+            # never trained: record it, then enqueue a repaired copy (units switched off until it fits),
+            # so that the trial that trains has exactly the parameters Optuna records for it
+            repaired = space.repair(sample, arch, budget, random.Random(f"{settings.seed}-{trial.number}"))
             trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("reason", f"{params} params > budget {budget}")
+            trial.set_user_attr("reason", f"{params} params > budget {budget}; repaired copy enqueued")
             study.tell(trial, state=TrialState.PRUNED)
+            if repaired is None:  # pragma: no cover - excluded upfront by min_params
+                raise UserError(f"no plan of the space fits the budget of {budget} params")
+            study.enqueue_trial(repaired.trial_params(), user_attrs={"repaired_from": trial.number})
             infeasible_run += 1
             if infeasible_run >= MAX_CONSECUTIVE_INFEASIBLE:
                 raise UserError(f"{infeasible_run} sampled plans in a row exceed the budget of {budget} params; "

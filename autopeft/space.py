@@ -27,7 +27,8 @@ method is chosen), so any Optuna sampler works; parameter names read
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -105,32 +106,126 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class UnitChoice:
+    """What one independent unit of a decision chose: a method (or none) and its option values."""
+
+    prefix: str  # "<decision>.<unit>": the Optuna parameter names start with it
+    decision: Decision
+    layers: tuple[int, ...]
+    sites: tuple[str, ...]
+    method: str
+    values: dict[str, Any]
+
+    def entry(self) -> PlanEntry | None:
+        return None if self.method == NONE else PlanEntry(self.method, self.layers, self.sites, dict(self.values))
+
+    def num_params(self, arch: ModelArch) -> int:
+        entry = self.entry()
+        return 0 if entry is None else Plan((entry,)).num_params(arch)
+
+    def trial_params(self) -> dict[str, Any]:
+        """The Optuna parameters that reproduce this choice (fixed values are not parameters)."""
+        params: dict[str, Any] = {}
+        if len(self.decision.methods) > 1:
+            params[f"{self.prefix}.method"] = self.method
+        if self.method != NONE:
+            for key, node in self.decision.methods[self.method].items():
+                if not isinstance(node, Fixed):
+                    params[f"{self.prefix}.{self.method}.{key}"] = self.values[key]
+        return params
+
+
+@dataclass(frozen=True)
+class Sample:
+    choices: tuple[UnitChoice, ...]
+    training: dict[str, Any]
+
+    def plan(self) -> Plan:
+        grouped: dict[tuple[str, tuple[str, ...], str], list[int]] = {}
+        for choice in self.choices:
+            if choice.method == NONE:
+                continue
+            key = (choice.method, choice.sites, json.dumps(choice.values, sort_keys=True))
+            grouped.setdefault(key, []).extend(choice.layers)
+        return Plan(tuple(
+            PlanEntry(method, tuple(sorted(set(layers))), sites, json.loads(values))
+            for (method, sites, values), layers in grouped.items()
+        ))
+
+    def trial_params(self) -> dict[str, Any]:
+        params = {f"training.{k}": v for k, v in self.training.items()}
+        for choice in self.choices:
+            params.update(choice.trial_params())
+        return params
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     name: str
     description: str
     decisions: tuple[Decision, ...]
     training: dict[str, Node]
 
-    def sample(self, trial: optuna.Trial, arch: ModelArch) -> tuple[Plan, dict[str, Any]]:
-        """Sample a plan and training overrides (e.g. ``lr``) on an Optuna trial."""
-        grouped: dict[tuple[str, tuple[str, ...], str], list[int]] = {}
+    def sample_choices(self, trial: optuna.Trial, arch: ModelArch) -> Sample:
+        """Sample every unit's method and options, and the training overrides, on an Optuna trial."""
+        choices = []
         for decision in self.decisions:
             for unit, layers, sites in decision.units(arch):
                 prefix = f"{decision.name}.{unit}"
                 options = list(decision.methods)
                 method = options[0] if len(options) == 1 else trial.suggest_categorical(f"{prefix}.method", options)
-                if method == NONE:
-                    continue
-                values = {k: node.sample(trial, f"{prefix}.{method}.{k}")
-                          for k, node in decision.methods[method].items()}
-                key = (method, sites, json.dumps(values, sort_keys=True))
-                grouped.setdefault(key, []).extend(layers)
-        entries = tuple(
-            PlanEntry(method, tuple(sorted(set(layers))), sites, json.loads(values))
-            for (method, sites, values), layers in grouped.items()
-        )
+                values = {} if method == NONE else {
+                    k: node.sample(trial, f"{prefix}.{method}.{k}") for k, node in decision.methods[method].items()
+                }
+                choices.append(UnitChoice(prefix, decision, layers, sites, method, values))
         training = {k: node.sample(trial, f"training.{k}") for k, node in self.training.items()}
-        return Plan(entries), training
+        return Sample(tuple(choices), training)
+
+    def sample(self, trial: optuna.Trial, arch: ModelArch) -> tuple[Plan, dict[str, Any]]:
+        sample = self.sample_choices(trial, arch)
+        return sample.plan(), sample.training
+
+    def repair(self, sample: Sample, arch: ModelArch, budget: int, rng: random.Random) -> Sample | None:
+        """Switch units off until the plan fits ``budget``; ``None`` if switching everything off does not.
+
+        Which unit goes is drawn at random, weighted by its parameter cost (seeded ``rng``): big
+        components are the likeliest to go, yet repaired plans stay diverse instead of all shrinking
+        the same way. Only units whose decision offers ``none`` can be switched off.
+        """
+        choices = list(sample.choices)
+        costs = [c.num_params(arch) for c in choices]
+        while sum(costs) > budget:
+            removable = [i for i, c in enumerate(choices) if c.method != NONE and NONE in c.decision.methods]
+            if not removable:
+                return None
+            i = rng.choices(removable, weights=[costs[j] + 1 for j in removable])[0]
+            choices[i] = replace(choices[i], method=NONE, values={})
+            costs[i] = 0
+        return Sample(tuple(choices), sample.training)
+
+    def min_params(self, arch: ModelArch) -> int:
+        """Parameters of the smallest plan in the space (for "no plan fits the budget" errors)."""
+        total = 0
+        for decision in self.decisions:
+            for _unit, layers, sites in decision.units(arch):
+                costs = [0 if m == NONE else Plan((PlanEntry(m, layers, sites, _lowest(nodes)),)).num_params(arch)
+                         for m, nodes in decision.methods.items()]
+                total += min(costs)
+        return total
+
+
+def _lowest(nodes: dict[str, Node]) -> dict[str, Any]:
+    """Option values at the bottom of every range (the cheapest setting for size-like options)."""
+    out = {}
+    for key, node in nodes.items():
+        if isinstance(node, Fixed):
+            out[key] = node.value
+        elif isinstance(node, (Int, Float)):
+            out[key] = node.low
+        else:
+            numeric = [o for o in node.options if isinstance(o, (int, float)) and not isinstance(o, bool)]
+            out[key] = min(numeric) if len(numeric) == len(node.options) else node.options[0]
+    return out
 
 
 def resolve_layer_selection(selection: Any, arch: ModelArch, where: str) -> tuple[int, ...]:

@@ -81,3 +81,32 @@ def test_unknown_preset_lists_presets(tmp_path):
         load_space("nope")
     with pytest.raises(UserError, match="not found"):
         load_space(str(tmp_path / "missing.yaml"))
+
+
+def test_repair_fits_budget_and_enqueued_params_reproduce_the_repaired_plan():
+    import random
+
+    space = load_space("hybrid")
+    arch = arch_from_config(tiny_config("llama"))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    budget = 1_500
+    repaired_count = 0
+    for n in range(30):
+        sample = space.sample_choices(study.ask(), arch)
+        repaired = space.repair(sample, arch, budget, random.Random(n))
+        assert repaired is not None and repaired.plan().num_params(arch) <= budget
+        if sample.plan().num_params(arch) > budget:
+            repaired_count += 1
+            study.enqueue_trial(repaired.trial_params())
+            again = space.sample_choices(study.ask(), arch)
+            assert again.plan() == repaired.plan() and again.training == repaired.training
+    assert repaired_count > 5  # the budget is tight enough that repair is exercised
+
+
+def test_space_that_cannot_fit_names_the_smallest_feasible_budget():
+    space = parse_space("""
+decisions:
+  - {name: d, layers: all, sites: [q], methods: {lora: {r: {choice: [4, 8]}}}}
+""", "inline", "inline")
+    arch = arch_from_config(tiny_config("bert"))
+    assert space.min_params(arch) == 3 * 4 * (40 + 40)
