@@ -9,8 +9,9 @@ One generic mechanism for every method (see ``autopeft.methods.base``):
 
 :func:`inject` freezes every base parameter and returns an :class:`InjectionHandle` that knows each
 injected module by its placement key (``layers.<i>.<site>.<method>``). ``handle.remove()`` puts the
-original modules back and restores every ``requires_grad`` flag and the attention implementation: the
-base model's state dict and outputs are bitwise what they were.
+original modules back and restores every ``requires_grad`` flag, the task head's values (trained with
+the plan, saved with the adapter) and the attention implementation: the base model's state dict and
+outputs are bitwise what they were.
 """
 
 from __future__ import annotations
@@ -146,6 +147,14 @@ def inject(model: nn.Module, plan: Plan, arch: ModelArch | None = None, train_he
         _freeze(model, handle)
         if train_head:
             handle.head = head_parameters(model)
+            saved = {name: p.detach().clone() for name, p in handle.head.items()}
+
+            def restore_head(head=handle.head, saved=saved) -> None:
+                with torch.no_grad():
+                    for name, p in head.items():
+                        p.copy_(saved[name])
+
+            handle._undo.append(restore_head)
             for p in handle.head.values():
                 p.requires_grad_(True)
         if any(get_method(p.method).placement is MethodPlacement.ATTENTION for p in placements):

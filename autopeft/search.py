@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -100,14 +101,17 @@ def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> Se
 def _open_study(files: StudyFiles, settings: SearchSettings, prepared: Prepared) -> optuna.Study:
     greater = prepared.data.task == "classification"
     directions = ["maximize" if greater else "minimize", "minimize"]
-    if settings.sampler == "random":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=settings.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, group=True,
-                                             n_startup_trials=8)
-    study = optuna.create_study(storage=files.storage_url, study_name=STUDY_NAME, directions=directions,
-                                sampler=sampler, load_if_exists=True)
-    study.set_metric_names(["validation_metric", "trainable_params"])
+    with warnings.catch_warnings():  # group=True and metric names are "experimental" in Optuna, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if settings.sampler == "random":
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=settings.seed)
+        else:
+            # group=True: TPE models the conditional parameters of each method choice jointly
+            sampler = optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, group=True,
+                                                 n_startup_trials=8)
+        study = optuna.create_study(storage=files.storage_url, study_name=STUDY_NAME, directions=directions,
+                                    sampler=sampler, load_if_exists=True)
+        study.set_metric_names(["validation_metric", "trainable_params"])
     return study
 
 

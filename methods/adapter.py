@@ -60,6 +60,7 @@ class Adapter:
     stage = 10
     config_cls = AdapterConfig
     sites = None
+    identity_at_init = True
 
     def num_params(self, config: AdapterConfig, arch: ModelArch, site: LinearSite | None) -> int:
         assert site is not None

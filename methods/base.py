@@ -39,6 +39,8 @@ class Method(Protocol):
     config_cls: ClassVar[type]
     #: sites a plan may name for this method; ``None`` = every linear site of the family
     sites: ClassVar[tuple[str, ...] | None]
+    #: whether a freshly injected instance leaves the model's outputs unchanged (checked by the suite)
+    identity_at_init: ClassVar[bool]
 
     def num_params(self, config: Any, arch: ModelArch, site: LinearSite | None) -> int: ...
 

@@ -62,6 +62,7 @@ class LoRA:
     stage = 0
     config_cls = LoRAConfig
     sites = None
+    identity_at_init = True
 
     def num_params(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> int:
         assert site is not None

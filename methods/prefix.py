@@ -45,6 +45,7 @@ class Prefix:
     stage = 0
     config_cls = PrefixConfig
     sites = ("attn",)
+    identity_at_init = False
 
     def num_params(self, config: PrefixConfig, arch: ModelArch, site: LinearSite | None) -> int:
         return 2 * config.length * arch.kv_dim

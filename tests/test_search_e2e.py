@@ -68,5 +68,6 @@ def test_causal_lm_search_on_smollm2_hamlet(tmp_path, capsys):
     assert metrics["validation"]["loss"] > 0 and metrics["test"]["perplexity"] > 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "loss"
+    capsys.readouterr()
     assert main(["eval", str(out / "best"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == metrics["validation"]["loss"]
