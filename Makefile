@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.autopeft-installed
 # pip warns about local index folders it cannot use; those lines are noise, real errors still fail the pipe.
-PIPQ := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+PIPQ := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup demo test test-fast lint clean
 

@@ -13,7 +13,7 @@ Two entry points:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch.nn as nn
@@ -38,6 +38,7 @@ class LinearSite:
     out_features: int
     bias: bool
     out_slice: tuple[int, int] = (0, 1)
+    name: str = ""  # canonical site name (q, k, v, o, up, gate, down), filled in by arch_from_config
 
     @property
     def columns(self) -> tuple[int, int]:
@@ -200,6 +201,7 @@ def arch_from_config(config) -> ModelArch:
             "up": LinearSite("mlp.up_proj", hidden, inter, mlp_bias),
             "down": LinearSite("mlp.down_proj", inter, hidden, mlp_bias),
         }
+    sites = {name: replace(site, name=name) for name, site in sites.items()}
     return ModelArch(
         family=family,
         num_layers=layers,

@@ -84,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir")
     p.add_argument("--json", action="store_true")
 
+    m = sub.add_parser("methods", help="list the PEFT methods, their options, sites and behaviour")
+    m.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plan", help="write a single-method plan (e.g. LoRA r=8 on q,v)")
+    pl.add_argument("--method", required=True)
+    pl.add_argument("--model", default="minilm", help="model whose layers and sites the plan targets")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable: --set r=8")
+    pl.add_argument("--layers", help="e.g. 0-5, 0,2,4 or all (default: all)")
+    pl.add_argument("--sites", help="comma-separated sites, e.g. q,v")
+    pl.add_argument("--out", help="plan file to write (default: print)")
+
+    t = sub.add_parser("train", help="train a plan and save a reusable adapter directory")
+    t.add_argument("--plan", required=True, help="plan.json, or an adapter/trial directory holding one")
+    _add_data_options(t)
+    _add_train_options(t, steps=300)
+    t.add_argument("--epochs", type=float, help="train for this many epochs instead of --steps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="adapter directory (default runs/train-<timestamp>)")
+    t.add_argument("--json", action="store_true")
+
     e = sub.add_parser("eval", help="evaluate an adapter directory on a split")
     e.add_argument("adapter_dir")
     e.add_argument("--split", choices=["validation", "test", "train"], default="validation")
@@ -94,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_search(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from autopeft.pipeline import DataOptions
     from autopeft.progress import Reporter
     from autopeft.search import SearchSettings, run_search
     from autopeft.train import TrainConfig
@@ -103,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
     out = args.out or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     settings = SearchSettings(
-        data=_data_options(args, DataOptions),
+        data=data_options(args),
         budget=args.budget, space=args.space, trials=args.trials,
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         out=out, seed=args.seed, sampler=args.sampler, max_failures=args.max_failures,
@@ -115,8 +134,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_options(args: argparse.Namespace, cls):
-    return cls(model=args.model, dataset=args.dataset, task=args.task, text_column=args.text_column,
+def data_options(args: argparse.Namespace):
+    from autopeft.pipeline import DataOptions
+
+    return DataOptions(model=args.model, dataset=args.dataset, task=args.task, text_column=args.text_column,
                text_pair_column=args.text_pair_column, label_column=args.label_column,
                split_seed=args.split_seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
 
@@ -159,7 +180,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "pareto": cmd_pareto, "eval": cmd_eval}
+def _lazy(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from autopeft import commands_methods
+
+        return getattr(commands_methods, name)(args)
+
+    return run
+
+
+COMMANDS = {"search": cmd_search, "pareto": cmd_pareto, "eval": cmd_eval, "methods": _lazy("cmd_methods"),
+            "plan": _lazy("cmd_plan"), "train": _lazy("cmd_train")}
 
 
 def main(argv: list[str] | None = None) -> int:

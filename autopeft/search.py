@@ -174,7 +174,7 @@ def _loop(study: optuna.Study, settings: SearchSettings, space: SearchSpace, pre
                 raise UserError(f"{failures} trials failed (last: {reason}); see trials.csv. "
                                 "Stopping; raise --max-failures to continue anyway") from None
             continue
-        save_adapter(files.trial_dir(trial.number), plan, outcome.state, _adapter_config(prepared, config),
+        save_adapter(files.trial_dir(trial.number), plan, outcome.state, adapter_config(prepared, config),
                      metrics={"validation": outcome.validation.values})
         for key, value in outcome.record().items():
             trial.set_user_attr(key, value)
@@ -185,7 +185,7 @@ def _loop(study: optuna.Study, settings: SearchSettings, space: SearchSpace, pre
         files.write_tables(study, base)
 
 
-def _adapter_config(prepared: Prepared, config: TrainConfig) -> dict[str, Any]:
+def adapter_config(prepared: Prepared, config: TrainConfig) -> dict[str, Any]:
     return {
         "base_model": prepared.options.model,
         "base_model_source": prepared.loaded.source,

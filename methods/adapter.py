@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from autopeft.methods.base import Placement, positive, register
 
 from autopeft.arch import LinearSite, ModelArch
+from autopeft.methods.base import Placement, positive, register
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from autopeft.methods.base import Placement, positive, register
 
 from autopeft.arch import LinearSite, ModelArch
+from autopeft.methods.base import Placement, positive, register
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,15 @@ class LoRAConfig:
 
 
 class LoRADelta(nn.Module):
-    def __init__(self, in_features: int, out_features: int, config: LoRAConfig) -> None:
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, freeze_a: bool = False) -> None:
         super().__init__()
-        self.lora_A = nn.Parameter(torch.empty(config.r, in_features))
+        a = torch.empty(config.r, in_features)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if freeze_a:  # LoRA-FA: A stays at its random init; a persistent buffer, so it is saved
+            self.register_buffer("lora_A", a)
+        else:
+            self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(torch.zeros(out_features, config.r))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = config.scaling
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -71,3 +75,27 @@ class LoRA:
     def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
         return LoRADelta(site.in_features, site.width, config)
+
+
+@register
+class LoRAFA:
+    """LoRA-FA (Zhang et al., 2023): A frozen at its random init, only B trains (r * d_out parameters).
+
+    A is kept as a buffer and saved with the adapter (it is not trainable, so it is not counted).
+    """
+
+    name = "lora_fa"
+    summary = "LoRA with A frozen at its random initialisation; only B trains"
+    placement = Placement.LINEAR
+    stage = 0
+    config_cls = LoRAConfig
+    sites = None
+    identity_at_init = True
+
+    def num_params(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> int:
+        assert site is not None
+        return config.r * site.width
+
+    def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        assert site is not None
+        return LoRADelta(site.in_features, site.width, config, freeze_a=True)

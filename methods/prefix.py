@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from autopeft.methods.base import Placement, positive, register
 
 from autopeft.arch import LinearSite, ModelArch
+from autopeft.methods.base import Placement, positive, register
 
 
 @dataclass(frozen=True)

@@ -44,3 +44,44 @@ def test_durations():
     assert parse_duration("30") == 30
     with pytest.raises(UserError):
         parse_duration("a while")
+
+
+def test_methods_lists_every_registered_method(capsys):
+    import json
+
+    from autopeft.methods import REGISTRY
+
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(REGISTRY)
+    lora = next(r for r in rows if r["name"] == "lora")
+    assert {o["name"]: o["default"] for o in lora["options"]}["r"] == 8
+    assert main(["methods"]) == 0
+    assert "lora" in capsys.readouterr().out
+
+
+def test_plan_writes_a_valid_single_method_plan(tmp_path):
+    from autopeft.arch import arch_from_config
+    from autopeft.models import load_config
+    from autopeft.plan import Plan
+
+    out = tmp_path / "p.json"
+    assert main(["plan", "--method", "lora", "--set", "r=8", "--sites", "q,v", "--layers", "0-5", "--out", str(out)]) == 0
+    plan = Plan.load(out)
+    assert plan.num_params(arch_from_config(load_config("minilm"))) == 6 * 2 * 8 * (384 + 384)
+    assert main(["plan", "--method", "prefix", "--set", "length=4", "--layers", "-1", "--out", str(out)]) == 0
+    assert Plan.load(out).entries[0].layers == (-1,)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plan", "--method", "lora", "--set", "rank=8", "--sites", "q"], "has no option 'rank'"),
+    (["plan", "--method", "lora", "--set", "r=8"], "--sites is required"),
+    (["plan", "--method", "lora", "--sites", "qq"], "site 'qq' does not exist"),
+    (["plan", "--method", "nope", "--sites", "q"], "unknown method 'nope'"),
+    (["plan", "--method", "lora", "--sites", "q", "--layers", "9"], "out of range"),
+    (["train", "--plan", "/nonexistent/plan.json"], "plan file not found"),
+])
+def test_plan_and_train_mistakes(args, message):
+    result = _run(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr

@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from autopeft.methods import REGISTRY, Placement
 from safetensors.torch import load_file, save_file
 
 from autopeft.arch import arch_from_config
 from autopeft.errors import UserError
 from autopeft.inject import head_parameters, inject
+from autopeft.methods import REGISTRY, Placement
 from autopeft.plan import Plan, PlanEntry
 from autopeft.testing import TINY_FAMILIES, tiny_batch, tiny_model
 

@@ -71,3 +71,15 @@ def test_causal_lm_search_on_smollm2_hamlet(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out / "best"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == metrics["validation"]["loss"]
+
+
+def test_train_a_plan_and_eval_its_adapter(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "--method", "ia3", "--sites", "k,v,down", "--out", str(plan)]) == 0
+    out = tmp_path / "adapter"
+    capsys.readouterr()
+    assert main(["train", "--plan", str(plan), "--steps", "20", "--out", str(out), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["adapter_params"] == 6 * (384 + 384 + 1536)
+    assert main(["eval", str(out), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == trained["test"]["accuracy"]

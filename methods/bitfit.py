@@ -1,0 +1,43 @@
+"""BitFit (Ben Zaken et al., 2022): train only bias terms.
+
+Implemented as a trainable bias *delta* on a projection's output, y <- y + delta_b with delta_b
+starting at 0: the gradient w.r.t. delta_b equals the gradient w.r.t. the original bias, so training it
+is exactly bias tuning, while the base weights are never modified (removal stays bitwise) and projections
+without a bias (Llama) can still be tuned. Merging is ``b + delta_b``. Parameters per site: d_out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from autopeft.arch import LinearSite, ModelArch
+from autopeft.methods.base import NoConfig, Placement, register
+
+
+class BiasDelta(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.delta_bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.delta_bias.to(y.dtype)
+
+
+@register
+class BitFit:
+    name = "bitfit"
+    summary = "trainable bias (delta) of a projection"
+    placement = Placement.LINEAR
+    stage = 0
+    config_cls = NoConfig
+    sites = None
+    identity_at_init = True
+
+    def num_params(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> int:
+        assert site is not None
+        return site.width
+
+    def build(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        assert site is not None
+        return BiasDelta(site.width)
