@@ -87,6 +87,10 @@ def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> Se
                                                       "data": prepared.data.to_record()})
     study = _open_study(files, settings, prepared)
     _fail_interrupted(study)
+    if not study.trials:
+        # warm start: the space's cheapest plan (head only in `hybrid`) is trained first, so the front
+        # always reaches down to the cheapest configuration and shows what the adapters add over it
+        study.enqueue_trial(space.smallest(arch).trial_params(), user_attrs={"warm_start": "smallest plan"})
     start = time.time()
     try:
         _loop(study, settings, space, prepared, budget, files, reporter, start)

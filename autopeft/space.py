@@ -203,15 +203,22 @@ class SearchSpace:
             costs[i] = 0
         return Sample(tuple(choices), sample.training)
 
+    def smallest(self, arch: ModelArch) -> Sample:
+        """The cheapest point of the space: per unit, the cheapest method at its lowest option values.
+
+        Training overrides are left out, so the sampler still chooses them.
+        """
+        choices = []
+        for decision in self.decisions:
+            for unit, layers, sites in decision.units(arch):
+                options = [(m, {} if m == NONE else _lowest(nodes)) for m, nodes in decision.methods.items()]
+                candidates = [UnitChoice(f"{decision.name}.{unit}", decision, layers, sites, m, v) for m, v in options]
+                choices.append(min(candidates, key=lambda c: c.num_params(arch)))
+        return Sample(tuple(choices), {})
+
     def min_params(self, arch: ModelArch) -> int:
         """Parameters of the smallest plan in the space (for "no plan fits the budget" errors)."""
-        total = 0
-        for decision in self.decisions:
-            for _unit, layers, sites in decision.units(arch):
-                costs = [0 if m == NONE else Plan((PlanEntry(m, layers, sites, _lowest(nodes)),)).num_params(arch)
-                         for m, nodes in decision.methods.items()]
-                total += min(costs)
-        return total
+        return self.smallest(arch).plan().num_params(arch)
 
 
 def _lowest(nodes: dict[str, Node]) -> dict[str, Any]:

@@ -31,6 +31,9 @@ def test_minilm_search_eval_and_resume(tmp_path, capsys):
     assert (trials[trials.status == "infeasible"].params > summary["budget_params"]).all()
     pareto = pd.read_csv(out / "pareto.csv")
     assert 1 <= len(pareto) <= 3 and set(pareto.number) <= set(complete.number)
+    # warm start: trial 0 trains the space's smallest plan (head only), which anchors the front
+    assert trials.loc[trials.number == 0, "params"].item() == 0
+    assert 0 in set(pareto.params)
     metrics = json.loads((out / "best/metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert metrics["validation"]["accuracy"] == max(complete.metric)
