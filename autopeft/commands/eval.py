@@ -1,0 +1,36 @@
+"""``autopeft eval``: evaluate an adapter directory on a split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from autopeft.errors import UserError
+
+
+def register(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate an adapter directory on a split")
+    e.add_argument("adapter_dir")
+    e.add_argument("--split", choices=["validation", "test", "train"], default="validation")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autopeft.artifacts import load_adapter
+    from autopeft.pipeline import DataOptions, prepare
+    from autopeft.train import TrainConfig
+
+    plan, state, config = load_adapter(args.adapter_dir)
+    options = DataOptions(**config["data"])
+    prepared = prepare(options, splits=(args.split,))
+    if prepared.data.label_names != config.get("label_names", prepared.data.label_names):
+        raise UserError(f"dataset labels {prepared.data.label_names} differ from the adapter's "
+                        f"{config['label_names']}")
+    metrics = prepared.session.evaluate_adapter(plan, state, args.split, TrainConfig(**config["train"]))
+    if args.json:
+        print(json.dumps({"split": args.split, "metric": metrics.name, **metrics.values}, indent=2))
+    else:
+        values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.values.items())
+        print(f"{args.adapter_dir} on {args.split}: {values}")
+    return 0
