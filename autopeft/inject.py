@@ -94,6 +94,23 @@ class InjectionHandle:
     def num_head_params(self) -> int:
         return sum(p.numel() for p in self.head.values())
 
+    # --- training hooks (optional methods of injected modules) -----------------------------
+    def regularization(self) -> torch.Tensor | None:
+        """Sum of the modules' extra loss terms (``module.regularization()``, e.g. AdaLoRA's orthogonality)."""
+        terms = [m.regularization() for m in self._hooked("regularization")]
+        return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called after ``optimizer.step()``, before gradients are zeroed (e.g. AdaLoRA's rank allocation).
+
+        ``step`` counts completed optimizer steps (1-based); ``total_steps`` is the run's planned length.
+        """
+        for module in self._hooked("after_optimizer_step"):
+            module.after_optimizer_step(step, total_steps)
+
+    def _hooked(self, name: str) -> list[nn.Module]:
+        return [m for module in self.modules.values() for m in module.modules() if callable(getattr(m, name, None))]
+
     def _stored_tensors(self) -> dict[str, torch.Tensor]:
         """Trainable parameters plus persistent buffers (frozen state a method must keep, e.g. LoRA-FA's A)."""
         own: dict[str, torch.Tensor] = dict(self.trainable_parameters())

@@ -6,6 +6,11 @@ AdamW with linear warm-up and decay, evaluates on validation, and returns a :cla
 holding the adapter weights; the plan is removed again before returning, so the base model is
 unchanged for the next trial.
 
+For multi-fidelity search the same run can be taken in pieces: ``session.start(plan, config)`` returns
+a :class:`~autopeft.trial_run.TrialRun` that trains up to any step (``advance``), evaluates, saves a
+checkpoint, and is resumed later with ``session.resume`` — bitwise the same as an uninterrupted run
+(see ``autopeft/trial_run.py``). The learning-rate schedule is always that of ``config.steps``.
+
 Batching: training batches are drawn from a seeded permutation (reshuffled each epoch) and padded to
 the longest example of the batch; evaluation batches take examples sorted by length (deterministic,
 little padding), so the same adapter always yields the same metric.
@@ -20,10 +25,9 @@ lower is better) and perplexity = exp(loss).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -32,8 +36,11 @@ import torch.nn.functional as F
 from autopeft.arch import ModelArch
 from autopeft.data import TokenizedSplit
 from autopeft.errors import UserError
-from autopeft.inject import InjectionHandle, head_parameters, inject
+from autopeft.inject import head_parameters, inject
 from autopeft.plan import Plan
+
+if TYPE_CHECKING:
+    from autopeft.trial_run import Checkpoint, TrialRun
 
 Precision = Literal["fp32", "bf16"]
 Task = Literal["classification", "causal-lm"]
@@ -111,21 +118,32 @@ class Session:
             if not split.input_ids:
                 raise UserError(f"the {name} split is empty after tokenisation")
 
-    # --- one trial ------------------------------------------------------------------------
-    def run(self, plan: Plan, config: TrainConfig,
-            progress: Callable[[int, float], None] | None = None) -> TrialOutcome:
-        start = time.perf_counter()
+    # --- one trial ---------------------------------------------------------------------------
+    def start(self, plan: Plan, config: TrainConfig) -> TrialRun:
+        """Inject ``plan`` (with a freshly seeded head) and return its run at step 0; ``close()`` removes it."""
+        from autopeft.trial_run import TrialRun
+
         torch.manual_seed(config.seed)
         self._reset_head(config.seed)
-        with inject(self.model, plan, self.arch, train_head=self.task == "classification") as handle:
-            train_loss, step_time = self._train(handle, config, progress)
-            validation = self.evaluate("validation", config)
-            return TrialOutcome(
-                plan=plan, config=config, validation=validation, train_loss=train_loss,
-                adapter_params=handle.num_adapter_params(), head_params=handle.num_head_params(),
-                duration_s=time.perf_counter() - start, step_time_s=step_time,
-                state={k: v.detach().cpu().clone() for k, v in handle.state_dict().items()},
-            )
+        handle = inject(self.model, plan, self.arch, train_head=self.task == "classification")
+        return TrialRun(self, handle, config)
+
+    def resume(self, plan: Plan, config: TrainConfig, checkpoint: Checkpoint) -> TrialRun:
+        """A run restored from ``checkpoint`` (adapter, head, optimizer state, step)."""
+        run = self.start(plan, config)
+        try:
+            run.restore(checkpoint)
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def run(self, plan: Plan, config: TrainConfig,
+            progress: Callable[[int, float], None] | None = None) -> TrialOutcome:
+        """Train ``plan`` for ``config.steps`` steps, evaluate on validation, remove it again."""
+        with self.start(plan, config) as run:
+            run.advance(config.steps, progress)
+            return run.outcome(run.evaluate("validation"))
 
     def _reset_head(self, seed: int) -> None:
         if self.task != "classification":
@@ -138,46 +156,6 @@ class Session:
                     p.zero_()
                 else:
                     p.copy_(torch.randn(p.shape, generator=generator) * std)
-
-    def _train(self, handle: InjectionHandle, config: TrainConfig,
-               progress: Callable[[int, float], None] | None) -> tuple[float, float]:
-        params = [p for _, p in handle.trainable_parameters()]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
-        warmup = max(1, int(config.warmup_ratio * config.steps))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule) if optimizer else None
-        self.model.train()
-        losses: list[float] = []
-        step_times: list[float] = []
-        batches = self._train_batches(config)
-        try:
-            for step in range(config.steps):
-                t0 = time.perf_counter()
-                batch = next(batches)
-                with self._autocast(config.precision):
-                    loss = self._loss(batch)
-                if not torch.isfinite(loss):
-                    raise DivergedError(f"training loss is {loss.item()} at step {step}")
-                if optimizer is not None:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()  # type: ignore[union-attr]
-                    optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                step_times.append(time.perf_counter() - t0)
-                if progress is not None:
-                    progress(step + 1, losses[-1])
-        finally:
-            self.model.eval()
-        tail = losses[-max(1, len(losses) // 10):]
-        times = sorted(step_times[1:] or step_times)
-        return sum(tail) / len(tail), times[len(times) // 2]
 
     # --- evaluation -----------------------------------------------------------------------
     @property
@@ -202,7 +180,7 @@ class Session:
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
                 batch = self._collate(data, index)
-                with self._autocast(config.precision):
+                with self.autocast(config.precision):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 predictions[torch.tensor(index)] = logits.float().argmax(-1).cpu()
             labels = torch.tensor(data.labels)
@@ -210,7 +188,7 @@ class Session:
         total_loss, total_tokens = 0.0, 0
         for start in range(0, len(order), batch_size):
             batch = self._collate(data, order[start:start + batch_size])
-            with self._autocast(config.precision):
+            with self.autocast(config.precision):
                 loss_sum, tokens = self._lm_loss(batch, reduction="sum")
             total_loss += loss_sum.item()
             total_tokens += tokens
@@ -218,13 +196,18 @@ class Session:
         return Metrics("loss", False, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
 
     # --- batches and losses ---------------------------------------------------------------
-    def _train_batches(self, config: TrainConfig) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, config: TrainConfig, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches of a seeded permutation, reshuffled each epoch; ``skip`` batches are passed over
+        without being built, so a resumed run sees exactly the batches an uninterrupted one would."""
         data = self.splits["train"]
         generator = torch.Generator().manual_seed(config.seed)
         size = min(config.batch_size, len(data.input_ids))
         while True:
             permutation = torch.randperm(len(data.input_ids), generator=generator).tolist()
             for start in range(0, len(permutation) - size + 1, size):
+                if skip:
+                    skip -= 1
+                    continue
                 yield self._collate(data, permutation[start:start + size])
 
     def _collate(self, data: TokenizedSplit, index: list[int]) -> dict[str, torch.Tensor]:
@@ -240,7 +223,7 @@ class Session:
             batch["labels"] = torch.tensor([data.labels[i] for i in index], device=self.device)
         return batch
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.task == "classification":
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             return F.cross_entropy(logits.float(), batch["labels"])
@@ -255,7 +238,7 @@ class Session:
                                ignore_index=-100, reduction=reduction)
         return loss, int((targets != -100).sum())
 
-    def _autocast(self, precision: Precision):
+    def autocast(self, precision: Precision):
         enabled = precision == "bf16" and bf16_supported(self.device)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 

@@ -86,3 +86,63 @@ def test_classification_metrics():
     assert m.values["accuracy"] == 0.75
     # per class F1: 1.0, 2/3, 2/3
     assert m.values["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_run_in_pieces_with_checkpoint_equals_uninterrupted_run(tmp_path, family):
+    """Multi-fidelity promotion continues a run from disk: it must be the very same run."""
+    from autopeft.trial_run import Checkpoint
+
+    session = _session(family)
+    plan = Plan((PlanEntry("lora", (1, 2), ("q", "v"), {"r": 2, "dropout": 0.1}),
+                 PlanEntry("adapter", (2,), ("down",), {"size": 4})))
+    config = TrainConfig(steps=12, batch_size=8, lr=1e-2, precision="fp32", seed=5)
+    whole = session.run(plan, config)
+
+    with session.start(plan, config) as run:
+        run.advance(5)
+        run.checkpoint().save(tmp_path / "ckpt.safetensors")
+    # another plan trains in between: the shared model must not leak state into the resumed run
+    session.run(LORA, TrainConfig(steps=3, batch_size=8, precision="fp32", seed=9))
+    with session.resume(plan, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
+        assert run.step == 5
+        run.advance(12)
+        pieces = run.outcome(run.evaluate("validation"))
+
+    assert pieces.validation.values == whole.validation.values
+    assert set(pieces.state) == set(whole.state)
+    assert all(torch.equal(pieces.state[k], whole.state[k]) for k in whole.state)
+    assert pieces.train_loss == whole.train_loss
+
+
+def test_corrupted_checkpoint_is_a_user_error(tmp_path):
+    from autopeft.errors import UserError
+    from autopeft.trial_run import Checkpoint
+
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(b"\x00" * 40)
+    with pytest.raises(UserError, match="corrupted"):
+        Checkpoint.load(path)
+
+
+def test_method_training_hooks_are_called():
+    """Modules may add a loss term and act after each optimizer step (AdaLoRA's rank allocation)."""
+    session = _session()
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def regularization(self):
+            return self.w ** 2 + 1.0
+
+        def after_optimizer_step(self, step, total):
+            calls.append((step, total, self.w.grad is not None))
+
+    with session.start(LORA, TrainConfig(steps=3, batch_size=8, precision="fp32")) as run:
+        run.handle.modules["probe"] = Probe()
+        assert run.handle.regularization().item() == 1.0
+        run.advance(3)
+    assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)]
