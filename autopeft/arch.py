@@ -5,6 +5,10 @@ inside a block (``q k v o`` in attention, ``up gate down`` in the MLP; ``in`` is
 Some families fuse projections (GPT-2's ``c_attn`` holds q|k|v side by side); such a site is a
 *slice* of its module's output, so a method on ``q`` only touches columns ``[0, d)``.
 
+A *norm site* is one of the two norms of a block (``ln_attn``: the attention's norm, ``ln_mlp``: the MLP's;
+before or after the sublayer depending on the family). The model-level site ``input`` (the input
+embeddings) is not in any block.
+
 Two entry points:
 - :func:`arch_from_config` gives the shapes of every site from a ``transformers`` config alone, which
   is what exact parameter counting needs (no model is built);
@@ -23,6 +27,8 @@ from autopeft.errors import UserError
 FamilyName = Literal["bert", "distilbert", "gpt2", "llama"]
 LINEAR_SITES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
 SITE_ALIASES = {"in": "up", "query": "q", "key": "k", "value": "v", "out": "o"}
+NORM_SITES: tuple[str, ...] = ("ln_attn", "ln_mlp")
+INPUT_SITE = "input"  # the input embeddings: soft prompts are prepended there
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,20 @@ class LinearSite:
 
 
 @dataclass(frozen=True)
+class NormSite:
+    """A norm inside one block (LayerNorm, or RMSNorm without bias); ``path`` is relative to the block."""
+
+    path: str
+    width: int
+    bias: bool
+    name: str = ""
+
+    @property
+    def num_params(self) -> int:
+        return self.width * (2 if self.bias else 1)
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: FamilyName
     model_types: tuple[str, ...]
@@ -60,13 +80,18 @@ class FamilySpec:
     attention_path: str  # relative to a block: the module handed to the attention function
     embeddings_path: str  # relative to ``model.base_model``
     is_causal: bool
+    mlp_path: str  # relative to a block: the module whose input is the MLP's input
+    norm_paths: tuple[str, str]  # relative to a block: the norms of sites ln_attn, ln_mlp
 
 
 FAMILIES: tuple[FamilySpec, ...] = (
-    FamilySpec("bert", ("bert", "roberta", "xlm-roberta"), "encoder.layer", "attention.self", "embeddings", False),
-    FamilySpec("distilbert", ("distilbert",), "transformer.layer", "attention", "embeddings", False),
-    FamilySpec("gpt2", ("gpt2",), "h", "attn", "wte", True),
-    FamilySpec("llama", ("llama", "mistral", "qwen2", "qwen3"), "layers", "self_attn", "embed_tokens", True),
+    FamilySpec("bert", ("bert", "roberta", "xlm-roberta"), "encoder.layer", "attention.self", "embeddings", False,
+               "intermediate", ("attention.output.LayerNorm", "output.LayerNorm")),
+    FamilySpec("distilbert", ("distilbert",), "transformer.layer", "attention", "embeddings", False,
+               "ffn", ("sa_layer_norm", "output_layer_norm")),
+    FamilySpec("gpt2", ("gpt2",), "h", "attn", "wte", True, "mlp", ("ln_1", "ln_2")),
+    FamilySpec("llama", ("llama", "mistral", "qwen2", "qwen3"), "layers", "self_attn", "embed_tokens", True,
+               "mlp", ("input_layernorm", "post_attention_layernorm")),
 )
 
 
@@ -95,6 +120,8 @@ class ModelArch:
     head_dim: int
     vocab_size: int
     sites: dict[str, LinearSite] = field(default_factory=dict)
+    norms: dict[str, NormSite] = field(default_factory=dict)
+    max_positions: int | None = None  # longest input (virtual tokens included) for absolute positions
 
     @property
     def kv_dim(self) -> int:
@@ -108,6 +135,13 @@ class ModelArch:
                 f"available: {', '.join(self.sites)}"
             )
         return self.sites[name]
+
+    def norm(self, name: str) -> NormSite:
+        if name not in self.norms:
+            raise UserError(
+                f"norm site '{name}' does not exist in {self.family.name} models; available: {', '.join(self.norms)}"
+            )
+        return self.norms[name]
 
     def resolve_layers(self, layers: list[int] | tuple[int, ...]) -> tuple[int, ...]:
         out = []
@@ -202,6 +236,8 @@ def arch_from_config(config) -> ModelArch:
             "down": LinearSite("mlp.down_proj", inter, hidden, mlp_bias),
         }
     sites = {name: replace(site, name=name) for name, site in sites.items()}
+    norm_bias = family.name != "llama"  # LayerNorm has a bias; Llama-style RMSNorm has none
+    norms = {name: NormSite(path, hidden, norm_bias, name) for name, path in zip(NORM_SITES, family.norm_paths, strict=True)}
     return ModelArch(
         family=family,
         num_layers=layers,
@@ -211,4 +247,15 @@ def arch_from_config(config) -> ModelArch:
         head_dim=head_dim,
         vocab_size=config.vocab_size,
         sites=sites,
+        norms=norms,
+        max_positions=_max_positions(config, family),
     )
+
+
+def _max_positions(config, family: FamilySpec) -> int | None:
+    if family.name == "llama":
+        return None  # rotary positions: no table to run out of
+    limit = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta"):  # positions start after the padding index
+        limit -= (config.pad_token_id or 0) + 1
+    return limit

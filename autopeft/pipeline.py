@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-from autopeft.data import TaskData, load_task_data, tokenize_split
+from autopeft.data import TaskData, load_task_data
 from autopeft.errors import UserError
 from autopeft.models import LoadedModel, load_model
+from autopeft.quantize import check_quantization
+from autopeft.token_cache import cached_tokenize
 from autopeft.train import Session
 
 log = logging.getLogger("autopeft")
@@ -32,10 +34,12 @@ class DataOptions:
     split_seed: int = 0
     max_length: int = 64
     trust_remote_code: bool = False
+    quantize: str = "none"  # base projections in nf4 / fp4 / int8 (QLoRA); see autopeft.quantize
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise UserError(f"--max-length must be >= 2, got {self.max_length}")
+        check_quantization(self.quantize)
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,12 +66,12 @@ def prepare(options: DataOptions, splits: tuple[str, ...] = ("train", "validatio
     )
     log.info("dataset %s: task %s, splits %s", options.dataset, data.task, data.split_sizes)
     loaded = load_model(options.model, data.task, num_labels=max(2, len(data.label_names)),
-                        trust_remote_code=options.trust_remote_code)
+                        trust_remote_code=options.trust_remote_code, quantize=options.quantize)
     if torch.cuda.is_available():
         loaded.model.to("cuda")
     tokenized = {}
     for name in splits:
-        tokenized[name] = tokenize_split(data.splits[name], data.task, loaded.tokenizer, options.max_length)
+        tokenized[name], _ = cached_tokenize(data.splits[name], data.task, loaded.tokenizer, options.max_length)
         if tokenized[name].num_truncated:
             log.info("%s: %d of %d texts truncated to %d tokens", name, tokenized[name].num_truncated,
                      len(tokenized[name].input_ids), options.max_length)

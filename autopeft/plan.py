@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autopeft.arch import SITE_ALIASES, LinearSite, ModelArch
+from autopeft.arch import SITE_ALIASES, LinearSite, ModelArch, NormSite
 from autopeft.errors import UserError
+from autopeft.methods import REGISTRY, get_method, make_config
 from autopeft.methods import Placement as MethodPlacement
-from autopeft.methods import get_method, make_config
 
 PLAN_FORMAT = 1
 
@@ -42,18 +42,26 @@ class PlanEntry:
 
 @dataclass(frozen=True)
 class Placement:
-    """One method instance at one (layer, site)."""
+    """One method instance at one (layer, site); model-level sites (``input``) have no layer."""
 
-    layer: int
-    site: str  # canonical linear site name, or "attn"
+    layer: int | None
+    site: str  # canonical linear site name, "attn", a norm site (ln_attn, ln_mlp) or "input"
     method: str
     config: Any
     linear: LinearSite | None
+    norm: NormSite | None = None
 
     @property
     def key(self) -> str:
-        """Stable name used for saving: ``layers.<i>.<site>.<method>``."""
+        """Stable name used for saving: ``layers.<i>.<site>.<method>``, or ``<site>.<method>`` without a layer."""
+        if self.layer is None:
+            return f"{self.site}.{self.method}"
         return f"layers.{self.layer}.{self.site}.{self.method}"
+
+    @property
+    def target(self) -> LinearSite | NormSite | None:
+        """What the method's ``num_params``/``build`` receive as ``site``."""
+        return self.linear if self.linear is not None else self.norm
 
 
 @dataclass(frozen=True)
@@ -99,32 +107,37 @@ class Plan:
             path = path / "plan.json"
         if not path.is_file():
             raise UserError(f"plan file not found: {path}")
-        return cls.from_json(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a text file (a plan is UTF-8 JSON)") from None
+        return cls.from_json(text, str(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     # --- resolution -----------------------------------------------------------------------
     def placements(self, arch: ModelArch) -> list[Placement]:
-        out: dict[tuple[int, str, str], Placement] = {}
+        out: dict[tuple[int | None, str, str], Placement] = {}
         for entry in self.entries:
             method = get_method(entry.method)
             config = make_config(method, entry.options)
-            for layer in arch.resolve_layers(entry.layers):
+            # a model-level method (input embeddings) is placed once; the entry's layers do not apply
+            layers = (None,) if method.placement is MethodPlacement.INPUT else arch.resolve_layers(entry.layers)
+            for layer in layers:
                 for site_name in entry.sites:
                     site_name = SITE_ALIASES.get(site_name, site_name)
-                    if method.placement is MethodPlacement.ATTENTION:
-                        if site_name not in (method.sites or ()):
-                            raise UserError(
-                                f"method '{entry.method}' goes on site(s) {list(method.sites or ())}, not '{site_name}'"
-                            )
-                        linear = None
-                    else:
-                        linear = arch.site(site_name)
+                    if method.sites is not None and site_name not in method.sites:
+                        raise UserError(
+                            f"method '{entry.method}' goes on site(s) {list(method.sites)}, not '{site_name}'"
+                        )
+                    linear = arch.site(site_name) if method.placement is MethodPlacement.LINEAR else None
+                    norm = arch.norm(site_name) if method.placement is MethodPlacement.NORM else None
                     key = (layer, site_name, entry.method)
                     if key in out:
-                        raise UserError(f"plan puts '{entry.method}' twice on layer {layer} site '{site_name}'")
-                    out[key] = Placement(layer, site_name, entry.method, config, linear)
+                        where = f"layer {layer} site" if layer is not None else "site"
+                        raise UserError(f"plan puts '{entry.method}' twice on {where} '{site_name}'")
+                    out[key] = Placement(layer, site_name, entry.method, config, linear, norm)
         return list(out.values())
 
     def num_params(self, arch: ModelArch) -> int:
@@ -137,11 +150,15 @@ class Plan:
             return "(head only)"
         parts = []
         for entry in self.entries:
-            layers = _ranges(arch.resolve_layers(entry.layers) if arch else entry.layers)
             opts = " ".join(_short(k, v) for k, v in sorted(entry.options.items()))
-            sites = ",".join(entry.sites)
-            inner = sites if entry.method != "prefix" else ""
+            spec = REGISTRY.get(entry.method)
+            fixed_site = spec is not None and spec.placement in (MethodPlacement.ATTENTION, MethodPlacement.INPUT)
+            inner = "" if fixed_site else ",".join(entry.sites)
             inner = " ".join(x for x in (inner, opts) if x)
+            if spec is not None and spec.placement is MethodPlacement.INPUT:  # model-level: no layers
+                parts.append(f"{entry.method}({inner})")
+                continue
+            layers = _ranges(arch.resolve_layers(entry.layers) if arch else entry.layers)
             parts.append(f"L{layers}:{entry.method}({inner})")
         return " ".join(parts)
 
@@ -149,7 +166,7 @@ class Plan:
 def params_by_method(plan: Plan, arch: ModelArch) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in plan.placements(arch):
-        n = get_method(p.method).num_params(p.config, arch, p.linear)
+        n = get_method(p.method).num_params(p.config, arch, p.target)
         counts[p.method] = counts.get(p.method, 0) + n
     return counts
 
@@ -192,6 +209,8 @@ _ABBREV = {"r": "r", "alpha": "a", "size": "", "length": "", "dropout": "drop"}
 
 
 def _short(key: str, value: Any) -> str:
+    if value is True:  # a flag: "gated" rather than "gated=True"
+        return key
     prefix = _ABBREV.get(key, f"{key}=")
     if isinstance(value, float) and value.is_integer():
         value = int(value)

@@ -53,3 +53,27 @@ def tiny_batch(batch: int = 3, length: int = 11, seed: int = 0, vocab: int = 97)
         mask[row, length - row * 2:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def save_tiny_bert(folder) -> str:
+    """A tiny random BERT classifier with MiniLM's tokenizer, saved as a local model folder (for CLI tests)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from autopeft.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=48)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def write_toy_csv(path, words: tuple[str, str] = ("good", "bad"), n: int = 40) -> str:
+    """A learnable two-class CSV: the label is the first word of the sentence."""
+    import pandas as pd
+
+    rows = [{"sentence": f"{w} movie number {i}", "label": w} for i in range(n) for w in words]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)

@@ -12,11 +12,20 @@ checkpoint, and is resumed later with ``session.resume`` — bitwise the same as
 (see ``autopeft/trial_run.py``). The learning-rate schedule is always that of ``config.steps``.
 
 Batching: training batches are drawn from a seeded permutation (reshuffled each epoch) and padded to
-the longest example of the batch; evaluation batches take examples sorted by length (deterministic,
-little padding), so the same adapter always yields the same metric.
+the longest example of the batch (dynamic padding). With ``bucket_by_length`` (default) each run of
+:data:`BUCKET_BATCHES` batches of the permutation is sorted by length before it is cut into batches,
+and those batches are shuffled (seeded): batches hold examples of similar length, so short texts do
+not pay for long ones (HF's ``group_by_length``). Evaluation batches take examples sorted by length
+(deterministic, little padding), so the same adapter always yields the same metric.
 
 Precision: ``bf16`` runs forward and backward under ``torch.autocast(bfloat16)`` while the trainable
-weights, their gradients and AdamW's state stay fp32 (mixed precision); ``fp32`` runs everything in fp32.
+weights, their gradients and AdamW's state stay fp32 (mixed precision); the frozen projections are held
+in bf16, cast once per session (``autopeft/precision.py``; bitwise the same as autocast's per-call
+casts). ``fp32`` runs everything in fp32.
+
+Speed (see the README's "Speed" section): a plan that leaves layers 0..k-1 untouched reads the hidden
+states entering layer k from a cache (``prefix_cache``; ``autopeft/activation_cache.py``); on CPU,
+training steps use the eager attention (``autopeft/step_kernels.py``).
 
 Metrics: classification -> accuracy (primary) and macro-F1; causal LM -> mean token loss (primary,
 lower is better) and perplexity = exp(loss).
@@ -33,17 +42,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autopeft.activation_cache import (
+    DEFAULT_MAX_BYTES,
+    ActivationCache,
+    ChunkLayout,
+    FrozenPrefix,
+    first_trained_layer,
+)
 from autopeft.arch import ModelArch
 from autopeft.data import TokenizedSplit
 from autopeft.errors import UserError
 from autopeft.inject import head_parameters, inject
 from autopeft.plan import Plan
+from autopeft.precision import FrozenWeights
 
 if TYPE_CHECKING:
     from autopeft.trial_run import Checkpoint, TrialRun
 
 Precision = Literal["fp32", "bf16"]
+PrefixCache = Literal["off", "bf16", "fp32"]
 Task = Literal["classification", "causal-lm"]
+BUCKET_BATCHES = 50  # batches per length-sorted bucket run (as HF's LengthGroupedSampler)
 
 
 @dataclass(frozen=True)
@@ -57,12 +76,22 @@ class TrainConfig:
     precision: Precision = "bf16"
     eval_batch_size: int = 64
     seed: int = 0
+    bucket_by_length: bool = True  # training batches of similar lengths (less padding)
+    prefix_cache: PrefixCache = "bf16"  # cache of the hidden states below the plan's first layer
+    compile: bool = False  # torch.compile the model for the run (measured: does not pay for short trials)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("steps, batch size and eval batch size must be >= 1")
         if not self.lr > 0:
             raise UserError(f"learning rate must be > 0, got {self.lr}")
+        if self.prefix_cache not in ("off", "bf16", "fp32"):
+            raise UserError(f"prefix_cache must be off, bf16 or fp32, got {self.prefix_cache!r}")
+
+    @property
+    def cache_dtype(self) -> torch.dtype | None:
+        """Storage dtype of the training activation cache; None when it is off."""
+        return {"off": None, "bf16": torch.bfloat16, "fp32": torch.float32}[self.prefix_cache]
 
 
 @dataclass
@@ -107,13 +136,16 @@ def bf16_supported(device: torch.device) -> bool:
 
 class Session:
     def __init__(self, model: nn.Module, arch: ModelArch, task: Task, splits: dict[str, TokenizedSplit],
-                 pad_token_id: int) -> None:
+                 pad_token_id: int, activation_cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.model = model
         self.arch = arch
         self.task = task
         self.splits = splits
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
+        self.frozen = FrozenWeights(model, arch)  # bf16 copies of the frozen projections
+        self.activations = ActivationCache(activation_cache_bytes)  # shared by all trials of the session
+        self._layouts: dict[tuple[str, int], ChunkLayout] = {}
         for name, split in splits.items():
             if not split.input_ids:
                 raise UserError(f"the {name} split is empty after tokenisation")
@@ -167,33 +199,50 @@ class Session:
         """Metrics of a saved adapter (plan + weights, head included) on ``split``."""
         with inject(self.model, plan, self.arch, train_head=self.task == "classification") as handle:
             handle.load_state_dict({k: v.to(self.device) for k, v in state.items()})
-            return self.evaluate(split, config)
+            return self.evaluate(split, config, prefix_layer=first_trained_layer(plan, self.arch))
 
     @torch.no_grad()
-    def evaluate(self, split: str, config: TrainConfig) -> Metrics:
+    def evaluate(self, split: str, config: TrainConfig, prefix_layer: int = 0) -> Metrics:
+        """Metrics on ``split``. With ``prefix_layer`` k > 0 (the plan leaves layers below k untouched) and
+        the prefix cache on, the hidden states entering layer k come from the cache: bitwise the same."""
         data = self.splits[split]
         self.model.eval()
         order = sorted(range(len(data.input_ids)), key=lambda i: (len(data.input_ids[i]), i))
         batch_size = config.eval_batch_size
-        if self.task == "classification":
-            predictions = torch.empty(len(order), dtype=torch.long)
+        prefix = FrozenPrefix(self, prefix_layer if config.prefix_cache != "off" else 0, store=None)
+        predictions = torch.empty(len(order), dtype=torch.long)
+        total_loss, total_tokens = 0.0, 0
+        with self.frozen.cast(self._low_precision(config.precision)):
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
                 batch = self._collate(data, index)
                 with self.autocast(config.precision):
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                predictions[torch.tensor(index)] = logits.float().argmax(-1).cpu()
-            labels = torch.tensor(data.labels)
-            return classification_metrics(predictions, labels)
-        total_loss, total_tokens = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch = self._collate(data, order[start:start + batch_size])
-            with self.autocast(config.precision):
-                loss_sum, tokens = self._lm_loss(batch, reduction="sum")
-            total_loss += loss_sum.item()
-            total_tokens += tokens
+                    hidden = prefix.eval_hidden(split, batch_size, start, batch) if prefix.active else None
+                    with prefix.feeding(hidden):
+                        if self.task == "classification":
+                            logits = self.model(input_ids=batch["input_ids"],
+                                                attention_mask=batch["attention_mask"]).logits
+                            predictions[torch.tensor(index)] = logits.float().argmax(-1).cpu()
+                        else:
+                            loss_sum, tokens = self._lm_loss(batch, reduction="sum")
+                            total_loss += loss_sum.item()
+                            total_tokens += tokens
+        if self.task == "classification":
+            return classification_metrics(predictions, torch.tensor(data.labels))
         loss = total_loss / max(1, total_tokens)
         return Metrics("loss", False, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
+
+    def chunk_layout(self, split: str, size: int) -> ChunkLayout:
+        """The split cut into length-sorted chunks (the activation cache's canonical batches)."""
+        key = (split, size)
+        if key not in self._layouts:
+            self._layouts[key] = ChunkLayout.of(self.splits[split], size)
+        return self._layouts[key]
+
+    def invalidate_caches(self) -> None:
+        """Drop every cached activation and bf16 weight copy (after changing the base model's weights)."""
+        self.activations.clear()
+        self.frozen.clear()
 
     # --- batches and losses ---------------------------------------------------------------
     def train_batches(self, config: TrainConfig, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -204,13 +253,17 @@ class Session:
         size = min(config.batch_size, len(data.input_ids))
         while True:
             permutation = torch.randperm(len(data.input_ids), generator=generator).tolist()
-            for start in range(0, len(permutation) - size + 1, size):
+            batches = [permutation[s:s + size] for s in range(0, len(permutation) - size + 1, size)]
+            if config.bucket_by_length:
+                batches = _bucket_by_length(batches, data, generator)
+            for index in batches:
                 if skip:
                     skip -= 1
                     continue
-                yield self._collate(data, permutation[start:start + size])
+                yield self._collate(data, index)
 
     def _collate(self, data: TokenizedSplit, index: list[int]) -> dict[str, torch.Tensor]:
+        """A right-padded batch; ``index`` (CPU) names the examples (the activation cache's key)."""
         rows = [data.input_ids[i] for i in index]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -218,9 +271,14 @@ class Session:
         for i, row in enumerate(rows):
             ids[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
-        batch = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        batch = {"input_ids": ids, "attention_mask": mask}
         if data.labels is not None:
-            batch["labels"] = torch.tensor([data.labels[i] for i in index], device=self.device)
+            batch["labels"] = torch.tensor([data.labels[i] for i in index])
+        if self.device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
+            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        else:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch["index"] = torch.tensor(index)
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -239,8 +297,23 @@ class Session:
         return loss, int((targets != -100).sum())
 
     def autocast(self, precision: Precision):
-        enabled = precision == "bf16" and bf16_supported(self.device)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._low_precision(precision))
+
+    def _low_precision(self, precision: Precision) -> bool:
+        return precision == "bf16" and bf16_supported(self.device)
+
+
+def _bucket_by_length(batches: list[list[int]], data: TokenizedSplit,
+                      generator: torch.Generator) -> list[list[int]]:
+    """Re-cut each run of BUCKET_BATCHES batches into batches of similar length, in a seeded order."""
+    out: list[list[int]] = []
+    for s in range(0, len(batches), BUCKET_BATCHES):
+        run = batches[s:s + BUCKET_BATCHES]
+        size = len(run[0])
+        members = sorted((i for batch in run for i in batch), key=lambda i: len(data.input_ids[i]))
+        cut = [members[j:j + size] for j in range(0, len(members), size)]
+        out.extend(cut[j] for j in torch.randperm(len(cut), generator=generator).tolist())
+    return out
 
 
 def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor) -> Metrics:

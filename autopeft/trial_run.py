@@ -29,8 +29,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from autopeft.activation_cache import FrozenPrefix, first_trained_layer
 from autopeft.errors import UserError
 from autopeft.inject import InjectionHandle
+from autopeft.step_kernels import make_optimizer, step_dropout, training_attention
 
 if TYPE_CHECKING:
     from autopeft.train import Metrics, Session, TrainConfig, TrialOutcome
@@ -105,13 +107,18 @@ class TrialRun:
         self.train_seconds = 0.0
         self._named = list(handle.trainable_parameters())
         self._params = [p for _, p in self._named]
-        self.optimizer = (torch.optim.AdamW(self._params, lr=config.lr, weight_decay=config.weight_decay)
-                          if self._params else None)
+        for param in self._params:  # the head is shared by all trials: no gradient left by an earlier one
+            param.grad = None
+        self.optimizer = make_optimizer(self._params, config.lr, config.weight_decay)
+        # the plan's first layer k: the hidden states entering it come from the session's cache
+        self.prefix_layer = first_trained_layer(handle.plan, session.arch)
+        self.prefix = FrozenPrefix(session, self.prefix_layer if config.cache_dtype else 0, config.cache_dtype)
+        if config.compile:  # the plan's modules are in place: compile this structure (undone by close())
+            session.model.compile(dynamic=True)
 
     # --- training -------------------------------------------------------------------------
     def advance(self, to_step: int, progress: Callable[[int, float], None] | None = None) -> None:
         """Train until ``to_step`` optimizer steps are done (at most ``config.steps``)."""
-        from autopeft.train import DivergedError
 
         config, session = self.config, self.session
         to_step = min(to_step, config.steps)
@@ -120,36 +127,48 @@ class TrialRun:
         batches = session.train_batches(config, skip=self.step)
         session.model.train()
         try:
-            while self.step < to_step:
-                t0 = time.perf_counter()
-                step = self.step
-                torch.manual_seed(step_seed(config.seed, step))
-                batch = next(batches)
-                with session.autocast(config.precision):
-                    loss = session.loss(batch)
-                    regularization = self.handle.regularization()
-                if not torch.isfinite(loss):
-                    raise DivergedError(f"training loss is {loss.item()} at step {step}")
-                if self.optimizer is not None:
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_ratio)
-                    (loss if regularization is None else loss + regularization).backward()
-                    torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
-                    self.optimizer.step()
-                    self.handle.after_optimizer_step(step + 1, config.steps)
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.losses.append(loss.item())
-                elapsed = time.perf_counter() - t0
-                self.step_times.append(elapsed)
-                self.train_seconds += elapsed
-                if progress is not None:
-                    progress(self.step, self.losses[-1])
+            with session.frozen.cast(session._low_precision(config.precision)):
+                self._advance(to_step, batches, progress)
         finally:
             session.model.eval()
 
+    def _advance(self, to_step: int, batches, progress: Callable[[int, float], None] | None) -> None:
+        from autopeft.train import DivergedError
+
+        config, session = self.config, self.session
+        while self.step < to_step:
+            t0 = time.perf_counter()
+            step = self.step
+            torch.manual_seed(step_seed(config.seed, step))
+            batch = next(batches)
+            width = batch["input_ids"].shape[1]
+            with session.autocast(config.precision):
+                hidden = (self.prefix.train_hidden("train", batch["index"].tolist(), width)
+                          if self.prefix.active else None)
+                with (self.prefix.feeding(hidden), training_attention(session.model, session.device, width),
+                      step_dropout(session.device)):
+                    loss = session.loss(batch)
+                regularization = self.handle.regularization()
+            if not torch.isfinite(loss):
+                raise DivergedError(f"training loss is {loss.item()} at step {step}")
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_ratio)
+                (loss if regularization is None else loss + regularization).backward()
+                torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
+                self.optimizer.step()
+                self.handle.after_optimizer_step(step + 1, config.steps)
+                self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.losses.append(loss.item())
+            elapsed = time.perf_counter() - t0
+            self.step_times.append(elapsed)
+            self.train_seconds += elapsed
+            if progress is not None:
+                progress(self.step, self.losses[-1])
+
     def evaluate(self, split: str = "validation") -> Metrics:
-        return self.session.evaluate(split, self.config)
+        return self.session.evaluate(split, self.config, prefix_layer=self.prefix_layer)
 
     # --- results --------------------------------------------------------------------------
     @property
@@ -186,7 +205,8 @@ class TrialRun:
                 for key, value in self.optimizer.state.get(param, {}).items():
                     if isinstance(value, torch.Tensor):
                         optimizer[f"{name}.{key}"] = value.detach().cpu().clone()
-        return Checkpoint(self.step, self.state(), optimizer, list(self.losses), self.train_seconds,
+        state = {k: v.detach().cpu().clone() for k, v in self.handle.state_dict(folded=False).items()}
+        return Checkpoint(self.step, state, optimizer, list(self.losses), self.train_seconds,
                           list(self.step_times))
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -206,6 +226,8 @@ class TrialRun:
 
     # --- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
+        if self.config.compile:
+            self.session.model._compiled_call_impl = None  # what nn.Module.compile() set
         self.handle.remove()
 
     def __enter__(self) -> TrialRun:

@@ -8,7 +8,17 @@ A method is a typed config (a frozen dataclass), an exact parameter count comput
   columns for that site. LoRA adds ``s * B A x``; a serial bottleneck adapter adds ``up(act(down(y)))``.
   Transforms on one site run in increasing ``stage`` (additive deltas, then adapters on their sum).
 - ``Placement.ATTENTION``: the module is attached to a block's attention module and consulted by
-  autopeft's attention function (prefix key/values).
+  autopeft's attention function: ``module.key_value(attention_mask)`` gives the prefix key/values.
+- ``Placement.INPUT``: a model-level module (site ``input``; the entry's layers are ignored) whose
+  ``forward()`` gives (P, d) virtual-token embeddings prepended to the input embeddings
+  (``autopeft.prompting``); nothing else in the model or the trainer knows about them.
+- ``Placement.NORM``: an output transform, as for LINEAR, of a block's norm (sites ``ln_attn``, ``ln_mlp``).
+
+Optional module members the injector honours: ``bind(base, site)`` (receives the frozen module it acts
+on: the projection, the norm, or the input embeddings), ``captures = "attention" | "mlp"`` with
+``capture(x)`` (receives the input of the block's attention / MLP sublayer on every forward, e.g. for a
+parallel adapter or a gate), and ``folded_tensors()`` / ``fold()`` (what the adapter file stores instead of
+the training-time parameters, e.g. a prefix reparameterisation MLP folded into plain key/values).
 
 Everything else (freezing, counting, saving, removal) is derived by the injector from these.
 """
@@ -21,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, get_type_hints
 
 import torch.nn as nn
+from torch import Tensor
 
 from autopeft.arch import LinearSite, ModelArch
 from autopeft.errors import UserError
@@ -29,6 +40,8 @@ from autopeft.errors import UserError
 class Placement(enum.Enum):
     LINEAR = "linear"
     ATTENTION = "attention"
+    INPUT = "input"
+    NORM = "norm"
 
 
 class Method(Protocol):
@@ -37,7 +50,7 @@ class Method(Protocol):
     placement: ClassVar[Placement]
     stage: ClassVar[int]
     config_cls: ClassVar[type]
-    #: sites a plan may name for this method; ``None`` = every linear site of the family
+    #: sites a plan may name for this method; ``None`` = every linear site of the family (LINEAR only)
     sites: ClassVar[tuple[str, ...] | None]
     #: whether a freshly injected instance leaves the model's outputs unchanged (checked by the suite)
     identity_at_init: ClassVar[bool]
@@ -45,6 +58,27 @@ class Method(Protocol):
     def num_params(self, config: Any, arch: ModelArch, site: LinearSite | None) -> int: ...
 
     def build(self, config: Any, arch: ModelArch, site: LinearSite | None) -> nn.Module: ...
+
+    # Optional members (looked up with getattr; absent = the default answer):
+    # - ``merge(module, weight, bias) -> (weight, bias) | None``: fold a built module into its site's
+    #   fp32 (d_out, d_in) weight and (d_out,) bias (see :func:`merge_into`); default: not mergeable.
+    # - ``link(modules)``: called once after injection with all of the plan's modules of this method,
+    #   for state shared across sites (AdaLoRA's global rank budget); default: nothing to share.
+
+
+def merges(method: Method) -> bool:
+    """Whether the method can fold its modules into the base weights (``autopeft methods``: merges)."""
+    return callable(getattr(method, "merge", None))
+
+
+def merge_into(method: Method, module: nn.Module, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(W', b')`` such that ``W' x + b'`` equals ``module`` applied to ``W x + b``; None = not mergeable.
+
+    Input transforms (``transform_input``, e.g. (IA)^3 on ``down``) are folded on the full weight before
+    any output transform of the projection; output transforms get their site's columns, in stage order.
+    """
+    merge = getattr(method, "merge", None)
+    return None if merge is None else merge(module, weight, bias)
 
 
 REGISTRY: dict[str, Method] = {}

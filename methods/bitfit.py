@@ -41,3 +41,7 @@ class BitFit:
     def build(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
         return BiasDelta(site.width)
+
+    def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(module, BiasDelta)
+        return weight, bias + module.delta_bias.to(bias)

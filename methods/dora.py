@@ -14,13 +14,19 @@ import torch
 import torch.nn as nn
 
 from autopeft.arch import LinearSite, ModelArch
+from autopeft.errors import UserError
 from autopeft.methods.base import Placement, register
 from autopeft.methods.lora import LoRAConfig, LoRADelta
+from autopeft.quantize import dequantized_weight, is_quantized
 
 
 def site_weight(base: nn.Module, site: LinearSite) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The site's (d_out, d_in) weight and bias, whatever the module type (Linear or GPT-2's Conv1D)."""
-    weight = base.weight if isinstance(base, nn.Linear) else base.weight.T  # Conv1D stores (d_in, d_out)
+    """The site's (d_out, d_in) weight and bias, whatever the module type (Linear, GPT-2's Conv1D, or a
+    quantized Linear, dequantized)."""
+    if is_quantized(base):
+        weight = dequantized_weight(base)
+    else:
+        weight = base.weight if isinstance(base, nn.Linear) else base.weight.T  # Conv1D stores (d_in, d_out)
     start, stop = site.columns
     bias = base.bias[start:stop] if getattr(base, "bias", None) is not None else None
     return weight[start:stop], bias
@@ -62,8 +68,21 @@ class DoRA:
 
     def num_params(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> int:
         assert site is not None
+        if config.gated:
+            raise UserError("method 'dora' has no gated variant; use gated=true with 'lora' or 'lora_fa'")
         return config.r * (site.in_features + site.width) + site.width
 
     def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
         return DoRADelta(site, config)
+
+    def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """out = c ⊙ (W x + b - b0 + s B A x) + b0 with c = m / ||W0 + s B A||: W' = c (W + s B A),
+        b' = c (b - b0) + b0, where W0, b0 are the base's own weight and bias (W, b include earlier stages)."""
+        assert isinstance(module, DoRADelta)
+        weight0, bias0 = site_weight(module._base[0], module._site)
+        lora = module.lora
+        update = lora.scaling * (lora.lora_B @ lora.lora_A).to(weight)
+        scale = (module.magnitude / (weight0.float() + update).norm(dim=1)).to(weight)
+        b0 = bias0.to(bias) if bias0 is not None else torch.zeros_like(bias)
+        return scale[:, None] * (weight + update), scale * (bias - b0) + b0

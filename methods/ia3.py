@@ -56,3 +56,10 @@ class IA3:
     def build(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
         return InputScale(site.in_features) if site.name in INPUT_SITES else OutputScale(site.width)
+
+    def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input scaling: W diag(l); output scaling: diag(l) W and l * b."""
+        scale = module.ia3_l.to(weight)
+        if isinstance(module, InputScale):
+            return weight * scale[None, :], bias
+        return weight * scale[:, None], bias * scale

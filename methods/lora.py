@@ -5,7 +5,8 @@
 
 B starts at zero, so the model is unchanged at initialisation; A is Kaiming-uniform (a = sqrt(5)), the
 same initialisation as HF peft's default, so ``lora_A``/``lora_B`` map one-to-one onto peft's
-``lora_A.weight``/``lora_B.weight``. Parameters: r * (d_in + d_out).
+``lora_A.weight``/``lora_B.weight``. Parameters: r * (d_in + d_out), plus d_in + 1 with ``gated``
+(UniPELT's gate, :class:`GatedLoRADelta`). Merges into W as W + s B A (not when gated).
 On fused projections (GPT-2's c_attn), d_out is the width of the chosen slice (q, k or v).
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from autopeft import kernels
 from autopeft.arch import LinearSite, ModelArch
 from autopeft.methods.base import Placement, positive, register
 
@@ -27,6 +29,7 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     rslora: bool = False
+    gated: bool = False  # UniPELT: the update is scaled by a learned per-token gate sigmoid(W_g x + b_g)
 
     def __post_init__(self) -> None:
         positive("r", self.r)
@@ -53,9 +56,46 @@ class LoRADelta(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # x: (..., d_in)  y: (..., d_out)
-        update = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T
-        return y + (update * self.scaling).to(y.dtype)
+        # x: (..., d_in)  y: (..., d_out); Triton on CUDA, else the reference (the same expression as before)
+        return kernels.lora_delta(x, y, self.lora_A, self.lora_B, self.scaling, self.dropout)
+
+    def fused_linear(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """base(x) + the update, one fused GEMM where possible (AdaptedLinear's fast path, alone on a site)."""
+        if type(self).forward is not LoRADelta.forward or self._forward_hooks or self._forward_pre_hooks:
+            return self(x, base(x))  # a subclass changes the update (e.g. gated), or hooks expect a call
+        return kernels.lora_linear(x, base, self.lora_A, self.lora_B, self.scaling, self.dropout)
+
+
+class GatedLoRADelta(LoRADelta):
+    """UniPELT's gated LoRA (Mao et al., 2022): y + sigmoid(W_g x + b_g) * s B A x, W_g: (1, d_in).
+
+    B = 0 keeps it the identity at init whatever the gate; the gate adds d_in + 1 parameters.
+    """
+
+    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, freeze_a: bool = False) -> None:
+        super().__init__(in_features, out_features, config, freeze_a)
+        self.gate = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype)))  # (..., 1)
+        return y + gate.to(y.dtype) * super().forward(x, torch.zeros_like(y))
+
+
+def build_delta(site: LinearSite, config: LoRAConfig, freeze_a: bool = False) -> LoRADelta:
+    cls = GatedLoRADelta if config.gated else LoRADelta
+    return cls(site.in_features, site.width, config, freeze_a)
+
+
+def gate_params(config: LoRAConfig, site: LinearSite) -> int:
+    return site.in_features + 1 if config.gated else 0
+
+
+def merge_lora(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """W + s B A; a gated update depends on x and does not merge."""
+    if isinstance(module, GatedLoRADelta):
+        return None
+    assert isinstance(module, LoRADelta)
+    return weight + module.scaling * (module.lora_B @ module.lora_A).to(weight), bias
 
 
 @register
@@ -70,11 +110,13 @@ class LoRA:
 
     def num_params(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> int:
         assert site is not None
-        return config.r * (site.in_features + site.width)
+        return config.r * (site.in_features + site.width) + gate_params(config, site)
 
     def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
-        return LoRADelta(site.in_features, site.width, config)
+        return build_delta(site, config)
+
+    merge = staticmethod(merge_lora)
 
 
 @register
@@ -94,8 +136,10 @@ class LoRAFA:
 
     def num_params(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> int:
         assert site is not None
-        return config.r * site.width
+        return config.r * site.width + gate_params(config, site)
 
     def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
-        return LoRADelta(site.in_features, site.width, config, freeze_a=True)
+        return build_delta(site, config, freeze_a=True)
+
+    merge = staticmethod(merge_lora)

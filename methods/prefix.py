@@ -7,8 +7,31 @@ For a layer with prefix length P, attention over a sequence of length S attends 
 Parameters per layer: 2 * P * H_kv * d_head (GQA models store only the key/value heads).
 Not the identity at initialisation: the prefix takes some attention mass from the real tokens.
 P_k and P_v start as N(0, 0.02^2), so prefix logits start near 0 and values near 0 (a mild dilution).
-Layout matches HF peft's past_key_values for prefix tuning (per layer: key, value of
-(H_kv, P, d_head)). The reparameterisation MLP of the paper is the methods-library issue's work.
+
+Reparameterisation (``reparam_hidden`` = m > 0), as in the paper and HF peft's ``prefix_projection``:
+during training the key/values are an MLP of P trainable embeddings E (P, d), E ~ N(0, 1),
+
+    [P_k | P_v] = W_2 tanh(W_1 E^T + b_1) + b_2,   W_1: (m, d), W_2: (2 H_kv d_head, m)
+
+Each layer has its own E and MLP, so layers (and their lengths) stay independent; Li & Liang share one
+MLP across layers. The MLP only eases optimisation: an adapter file stores the resulting plain
+key/values (``folded_tensors``), and loading first folds the module into a plain prefix (``fold``), so a
+saved adapter loads without the MLP, in the same format as ``reparam_hidden = 0``.
+Parameters while training: P d + (d + 1) m + (m + 1) 2 H_kv d_head instead of 2 P H_kv d_head; this
+training-time count is the plan's count and what the budget caps (the folded adapter is smaller).
+
+Gate (``gated``; UniPELT, Mao et al., 2022): P_k and P_v are scaled per example by
+
+    g = mean_t sigmoid(w_g . x_t + b_g) in (0, 1),   w_g: (d,), b_g = 0 at init, w_g ~ N(0, 0.02^2)
+
+over the real (non-padding) tokens t of the attention's input x. UniPELT's code averages over padding
+positions too; excluding them keeps an example's output independent of how its batch is padded.
+The gate adds d + 1 parameters and is saved as ``gate.weight``/``gate.bias``.
+
+HF peft mapping (PREFIX_TUNING, no projection): peft's ``prompt_encoder.embedding.weight`` (P, L*2*H_kv*d_head)
+viewed as (P, L, 2, H_kv, d_head) holds layer l's key at [:, l, 0] and value at [:, l, 1] (each
+transposed to (H_kv, P, d_head) here). peft puts the prefix in the KV cache, which shifts the real
+tokens' positions to P..P+T-1; autopeft keeps them at 0..T-1 (pass peft ``position_ids`` = 0..T-1 to compare).
 """
 
 from __future__ import annotations
@@ -19,28 +42,104 @@ import torch
 import torch.nn as nn
 
 from autopeft.arch import LinearSite, ModelArch
+from autopeft.attention import real_tokens
 from autopeft.methods.base import Placement, positive, register
 
 
 @dataclass(frozen=True)
 class PrefixConfig:
     length: int = 8
+    reparam_hidden: int = 0  # 0 = plain prefix; m > 0 = MLP reparameterisation while training
+    gated: bool = False  # UniPELT's learned gate on the prefix
 
     def __post_init__(self) -> None:
         positive("length", self.length)
+        if self.reparam_hidden < 0:
+            raise ValueError(f"reparam_hidden must be >= 0 (0 = none), got {self.reparam_hidden}")
+
+
+def prefix_params(length: int, arch: ModelArch, reparam_hidden: int = 0, gated: bool = False) -> int:
+    kv = 2 * arch.kv_dim
+    if reparam_hidden:
+        count = length * arch.hidden + (arch.hidden + 1) * reparam_hidden + (reparam_hidden + 1) * kv
+    else:
+        count = length * kv
+    return count + (arch.hidden + 1 if gated else 0)
 
 
 class PrefixKV(nn.Module):
-    def __init__(self, kv_heads: int, head_dim: int, config: PrefixConfig) -> None:
+    def __init__(self, arch: ModelArch, length: int, reparam_hidden: int = 0, gated: bool = False) -> None:
         super().__init__()
-        self.key = nn.Parameter(torch.randn(kv_heads, config.length, head_dim) * 0.02)
-        self.value = nn.Parameter(torch.randn(kv_heads, config.length, head_dim) * 0.02)
+        self.shape = (arch.num_kv_heads, length, arch.head_dim)
+        self.reparam: nn.Module | None = None
+        if reparam_hidden:
+            self.embedding = nn.Parameter(torch.randn(length, arch.hidden))
+            self.reparam = nn.Sequential(nn.Linear(arch.hidden, reparam_hidden), nn.Tanh(),
+                                         nn.Linear(reparam_hidden, 2 * arch.kv_dim))
+        else:
+            self.key = nn.Parameter(torch.randn(self.shape) * 0.02)
+            self.value = nn.Parameter(torch.randn(self.shape) * 0.02)
+        self.gate: nn.Linear | None = None
+        if gated:
+            self.gate = nn.Linear(arch.hidden, 1)
+            nn.init.normal_(self.gate.weight, std=0.02)
+            nn.init.zeros_(self.gate.bias)
+            self.captures = "attention"  # the injector hands us the attention's input (see capture)
+            self._input: torch.Tensor | None = None
+
+    def capture(self, x: torch.Tensor) -> None:
+        self._input = x
+
+    def _plain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reparam is None:
+            return self.key, self.value
+        heads, length, head_dim = self.shape
+        kv = self.reparam(self.embedding)  # (P, 2 H_kv d_head)
+        kv = kv.view(length, 2, heads, head_dim).permute(1, 2, 0, 3)  # (2, H_kv, P, d_head)
+        return kv[0], kv[1]
+
+    def key_value(self, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H_kv, P, d_head) key/values, or (B, H_kv, P, d_head) when gated; see the module docstring."""
+        key, value = self._plain()
+        if self.gate is None:
+            return key, value
+        x, self._input = self._input, None
+        assert x is not None, "gated prefix: the attention's input was not captured"
+        scores = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).squeeze(-1)  # (B, T)
+        real = real_tokens(attention_mask)
+        if real is None:
+            gate = scores.mean(dim=1)
+        else:
+            real = real.to(scores.dtype).expand_as(scores)
+            gate = (scores * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+        gate = gate.view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return key * gate, value * gate
+
+    # --- saving: plain key/values, never the MLP --------------------------------------------
+    def folded_tensors(self) -> dict[str, torch.Tensor]:
+        if self.reparam is None:
+            return dict(self.named_parameters())
+        with torch.no_grad():  # as in fold(): some kernels (e.g. LSTM) differ with autograd on
+            key, value = self._plain()
+        gate = {f"gate.{n}": p for n, p in self.gate.named_parameters()} if self.gate is not None else {}
+        return {"key": key, "value": value, **gate}
+
+    def fold(self) -> None:
+        """Replace the MLP by the key/values it produces (exactly those values: same ops, same order)."""
+        if self.reparam is None:
+            return
+        with torch.no_grad():
+            key, value = self._plain()
+        del self.embedding, self.reparam
+        self.reparam = None
+        self.key = nn.Parameter(key.detach().clone())
+        self.value = nn.Parameter(value.detach().clone())
 
 
 @register
 class Prefix:
     name = "prefix"
-    summary = "learned key/value prefixes in a layer's attention"
+    summary = "learned key/value prefixes in a layer's attention (optional MLP reparameterisation, gate)"
     placement = Placement.ATTENTION
     stage = 0
     config_cls = PrefixConfig
@@ -48,7 +147,7 @@ class Prefix:
     identity_at_init = False
 
     def num_params(self, config: PrefixConfig, arch: ModelArch, site: LinearSite | None) -> int:
-        return 2 * config.length * arch.kv_dim
+        return prefix_params(config.length, arch, config.reparam_hidden, config.gated)
 
     def build(self, config: PrefixConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
-        return PrefixKV(arch.num_kv_heads, arch.head_dim, config)
+        return PrefixKV(arch, config.length, config.reparam_hidden, config.gated)

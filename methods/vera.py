@@ -72,3 +72,9 @@ class VeRA:
     def build(self, config: VeRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
         assert site is not None
         return VeRADelta(site.in_features, site.width, config)
+
+    def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W + diag(lambda_b) B diag(lambda_d) A."""
+        assert isinstance(module, VeRADelta)
+        delta = module.lambda_b[:, None] * (module.vera_B @ (module.lambda_d[:, None] * module.vera_A))
+        return weight + delta.to(weight), bias

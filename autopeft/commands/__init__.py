@@ -6,4 +6,5 @@ time, so ``autopeft --help`` stays fast; heavy imports happen inside the handler
 """
 
 #: the order in which subcommands appear in ``autopeft --help``
-COMMAND_MODULES: tuple[str, ...] = ("search", "pareto", "eval", "methods", "plan", "train")
+COMMAND_MODULES: tuple[str, ...] = ("search", "worker", "pareto", "eval", "methods", "plan", "train", "show", "report", "export",
+                                   "spaces", "space", "fuse", "estimate")

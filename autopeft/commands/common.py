@@ -29,6 +29,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=64, help="tokens per example (default 64)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+    p.add_argument("--quantize", choices=["none", "nf4", "fp4", "int8"], default="none",
+                   help="base projections in 4-bit NF4/FP4 or int8 (QLoRA; bitsandbytes), default none")
 
 
 def add_train_options(p: argparse.ArgumentParser, steps: int) -> None:
@@ -45,4 +47,4 @@ def data_options(args: argparse.Namespace):
     return DataOptions(model=args.model, dataset=args.dataset, task=args.task, text_column=args.text_column,
                        text_pair_column=args.text_pair_column, label_column=args.label_column,
                        split_seed=args.split_seed, max_length=args.max_length,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, quantize=args.quantize)

@@ -27,7 +27,12 @@ def run(args: argparse.Namespace) -> int:
     if prepared.data.label_names != config.get("label_names", prepared.data.label_names):
         raise UserError(f"dataset labels {prepared.data.label_names} differ from the adapter's "
                         f"{config['label_names']}")
-    metrics = prepared.session.evaluate_adapter(plan, state, args.split, TrainConfig(**config["train"]))
+    if "fusion" in config:  # an `autopeft fuse` directory: the sources' weights are stored alongside
+        from autopeft.fusion import evaluate_fused
+
+        metrics = evaluate_fused(prepared.session, config, state, args.split, TrainConfig(**config["train"]))
+    else:
+        metrics = prepared.session.evaluate_adapter(plan, state, args.split, TrainConfig(**config["train"]))
     if args.json:
         print(json.dumps({"split": args.split, "metric": metrics.name, **metrics.values}, indent=2))
     else:

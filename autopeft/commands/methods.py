@@ -17,6 +17,7 @@ def register(sub) -> None:
 
 def method_catalogue() -> list[dict[str, Any]]:
     from autopeft.methods import REGISTRY
+    from autopeft.methods.base import merges
 
     rows = []
     for name in sorted(REGISTRY):
@@ -32,7 +33,7 @@ def method_catalogue() -> list[dict[str, Any]]:
             "name": name, "summary": method.summary, "placement": method.placement.value,
             "sites": list(method.sites) if method.sites else "any linear site (q k v o up gate down)",
             "families": ["bert", "distilbert", "gpt2", "llama"],
-            "identity_at_init": method.identity_at_init, "options": options,
+            "identity_at_init": method.identity_at_init, "merges": merges(method), "options": options,
         })
     return rows
 
@@ -46,12 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="autopeft methods")
-    for column in ("method", "sites", "options (default)", "identity at init", "what it does"):
+    for column in ("method", "sites", "options (default)", "identity at init", "merges", "what it does"):
         table.add_column(column, overflow="fold")
     for r in rows:
         options = ", ".join(f"{o['name']}={o['default']}" for o in r["options"]) or "-"
         sites = r["sites"] if isinstance(r["sites"], str) else ",".join(r["sites"])
-        table.add_row(r["name"], sites, options, "yes" if r["identity_at_init"] else "no", r["summary"])
+        table.add_row(r["name"], sites, options, "yes" if r["identity_at_init"] else "no",
+                      "yes" if r["merges"] else "no", r["summary"])
     Console().print(table)
     return 0
 

@@ -1,4 +1,5 @@
-"""``autopeft plan``: write a single-method plan (the way baselines such as "LoRA r=8 on q,v" are built)."""
+"""``autopeft plan``: write a single-method plan (the way baselines such as "LoRA r=8 on q,v" are built),
+or a preset (houlsby, pfeiffer, mam, unipelt; see ``autopeft.presets``) scaled to the model."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from autopeft.errors import UserError
 
 
 def register(sub) -> None:
-    pl = sub.add_parser("plan", help="write a single-method plan (e.g. LoRA r=8 on q,v)")
-    pl.add_argument("--method", required=True)
+    pl = sub.add_parser("plan", help="write a single-method plan (e.g. LoRA r=8 on q,v) or a preset")
+    what = pl.add_mutually_exclusive_group(required=True)
+    what.add_argument("--method")
+    what.add_argument("--preset", help="houlsby, pfeiffer, mam or unipelt, scaled to --model")
     pl.add_argument("--model", default="minilm", help="model whose layers and sites the plan targets")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable: --set r=8")
     pl.add_argument("--layers", help="e.g. 0-5, 0,2,4 or all (default: all)")
@@ -56,21 +59,41 @@ def run(args: argparse.Namespace) -> int:
     from autopeft.models import load_config
     from autopeft.plan import Plan, PlanEntry
 
+    if args.preset:
+        return _write_preset(args)
     method = get_method(args.method)
     options = parse_settings(args.set or [])
     make_config(method, options)  # validate now, with the method's own message
     arch = arch_from_config(load_config(args.model))
     if args.sites:
         sites = tuple(s.strip() for s in args.sites.split(",") if s.strip())
-    elif method.placement is Placement.ATTENTION:
+    elif method.placement is not Placement.LINEAR or method.sites:
         sites = tuple(method.sites or ())
     else:
         raise UserError(f"--sites is required for '{args.method}'; sites of this model: {', '.join(arch.sites)}")
-    plan = Plan((PlanEntry(args.method, parse_layers(args.layers, arch.num_layers), sites, options),))
+    # a model-level method (site input) is placed once, whatever the layers: write none
+    layers = () if method.placement is Placement.INPUT else parse_layers(args.layers, arch.num_layers)
+    plan = Plan((PlanEntry(args.method, layers, sites, options),))
+    return _emit(plan, arch, args.out)
+
+
+def _write_preset(args: argparse.Namespace) -> int:
+    from autopeft.arch import arch_from_config
+    from autopeft.models import load_config
+    from autopeft.presets import preset_plan
+
+    if args.set or args.sites:
+        raise UserError("--set and --sites do not apply to --preset; edit the written plan to change it")
+    arch = arch_from_config(load_config(args.model))
+    layers = parse_layers(args.layers, arch.num_layers) if args.layers else None
+    return _emit(preset_plan(args.preset, arch, layers), arch, args.out)
+
+
+def _emit(plan, arch, out: str | None) -> int:
     params = plan.num_params(arch)  # also validates sites and layers against the model
-    if args.out:
-        plan.save(args.out)
-        print(f"wrote {args.out}: {plan.describe(arch)}, {params} params")
+    if out:
+        plan.save(out)
+        print(f"wrote {out}: {plan.describe(arch)}, {params} params")
     else:
         print(json.dumps(plan.to_dict(), indent=2))
     return 0

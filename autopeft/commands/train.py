@@ -12,9 +12,13 @@ from autopeft.commands.common import add_data_options, add_train_options, data_o
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a plan and save a reusable adapter directory")
-    t.add_argument("--plan", required=True, help="plan.json, or an adapter/trial directory holding one")
+    t.add_argument("--plan", required=True,
+                   help="plan.json, an adapter directory, or a study directory (its best plan; STUDY_DIR:N for "
+                        "trial N); model, data and lr default to what that adapter/study used")
     add_data_options(t)
     add_train_options(t, steps=300)
+    # None = "not given": filled from the plan's adapter/study record, else the usual defaults (see inherit)
+    t.set_defaults(**dict.fromkeys(INHERITED_DATA + INHERITED_TRAIN))
     t.add_argument("--epochs", type=float, help="train for this many epochs instead of --steps")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="adapter directory (default runs/train-<timestamp>)")
@@ -22,14 +26,51 @@ def register(sub) -> None:
     t.set_defaults(handler=run)
 
 
+INHERITED_DATA = ("model", "dataset", "task", "text_column", "text_pair_column", "label_column", "max_length",
+                  "split_seed", "quantize")
+INHERITED_TRAIN = ("lr", "batch_size", "precision")
+
+
+def _cli_defaults() -> dict:
+    """The shared options' own defaults (read from their definitions, so they cannot drift)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_data_options(p)
+    add_train_options(p, steps=300)
+    return vars(p.parse_args([]))
+
+
+def inherit(args: argparse.Namespace, data: dict | None, train: dict | None) -> list[str]:
+    """Fill options the user did not give from the source's record; return what was inherited.
+
+    Column, task, split and length options follow the dataset: they are inherited only when the dataset is.
+    """
+    data, train, defaults = data or {}, train or {}, _cli_defaults()
+    same_data = args.dataset is None or args.dataset == data.get("dataset")
+    inherited = []
+    for name in INHERITED_DATA + INHERITED_TRAIN:
+        record = train if name in INHERITED_TRAIN else data
+        usable = name in ("model", "dataset", "quantize") or name in INHERITED_TRAIN or same_data
+        if getattr(args, name) is None and usable and record.get(name) is not None:
+            setattr(args, name, record[name])
+            if record[name] != defaults.get(name):
+                inherited.append(f"{name} {record[name]}")
+        elif getattr(args, name) is None:
+            setattr(args, name, defaults.get(name))
+    return inherited
+
+
 def run(args: argparse.Namespace) -> int:
     from autopeft.artifacts import save_adapter
     from autopeft.pipeline import prepare
-    from autopeft.plan import Plan
+    from autopeft.plan_source import resolve_plan_source
     from autopeft.search import adapter_config
     from autopeft.train import TrainConfig
 
-    plan = Plan.load(args.plan)
+    source = resolve_plan_source(args.plan)
+    plan = source.plan
+    inherited = inherit(args, source.data, source.train)
+    if inherited and not args.json:
+        print(f"plan from {source.where}; using its {', '.join(inherited)} (override with the options)")
     prepared = prepare(data_options(args))
     arch = prepared.loaded.arch
     params = plan.num_params(arch)

@@ -1,0 +1,51 @@
+"""Plumbing shared by the speed studies (``studies/step-speed``, ``studies/trial-throughput``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def study_arguments(description: str | None, out: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=str(out))
+    return parser
+
+
+def prepare_minilm(args: argparse.Namespace, max_length: int = 64):
+    """Set the threads, silence the libraries' progress output, and prepare MiniLM on Rotten Tomatoes."""
+    import datasets
+    import torch
+    import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    from autopeft.pipeline import DataOptions, prepare
+
+    return prepare(DataOptions(model="minilm", dataset="rotten_tomatoes", max_length=max_length))
+
+
+def machine_record() -> dict[str, Any]:
+    from autopeft.study import StudyFiles
+
+    return {**StudyFiles.machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": os.getloadavg()}
+
+
+def write_results(out: str | Path, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``record`` as JSON (with the load average at the end noted) and ``rows`` as CSV next to it."""
+    record.setdefault("machine", {})["loadavg_end"] = os.getloadavg()
+    out = Path(out)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}")

@@ -1,0 +1,92 @@
+"""From an Optuna trial to a plan that may be trained: sample, count, check the hard constraints.
+
+A plan over ``--budget`` (parameters, exact from shapes) or over ``--memory`` (estimated peak training
+memory) is never trained: the trial is recorded as PRUNED with ``status=infeasible`` and the reason,
+and a *repaired* copy (units switched off until it fits; see ``SearchSpace.repair``) is enqueued, so
+that the trial that trains has exactly the parameters Optuna records for it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import optuna
+from optuna.trial import TrialState
+
+from autopeft.budget import format_count
+from autopeft.errors import UserError
+from autopeft.objectives import estimate_memory
+from autopeft.plan import Plan
+from autopeft.search_context import SearchContext
+from autopeft.space import Sample
+from autopeft.train import TrainConfig
+
+MAX_REPAIR_ROUNDS = 20
+
+
+@dataclass(frozen=True)
+class Proposal:
+    number: int
+    plan: Plan
+    params: int
+    memory: int | None
+    config: TrainConfig  # steps = full fidelity, seed = --seed + trial number
+
+
+def _memory_of(ctx: SearchContext, plan: Plan, config: TrainConfig) -> int | None:
+    return estimate_memory(ctx.prepared, plan, config) if ctx.needs_memory else None
+
+
+def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Proposal | None:
+    """The trial's plan if it is feasible; otherwise record it as infeasible, enqueue a repair, return None."""
+    arch = ctx.arch
+    sample = ctx.space.sample_choices(trial, arch)  # a claimed trial replays its recorded parameters
+    plan = sample.plan()
+    params = plan.num_params(arch)
+    config = replace(ctx.settings.train, seed=ctx.settings.seed + trial.number, **sample.training)
+    attrs = trial.user_attrs
+    if "memory_bytes" in attrs:
+        memory = attrs["memory_bytes"]
+    else:  # plans over the parameter budget are not estimated: they are never trained anyway
+        memory = _memory_of(ctx, plan, config) if params <= ctx.budget else None
+    if "plan" not in attrs:
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("params_pct", 100 * params / ctx.base_params)
+        if memory is not None:
+            trial.set_user_attr("memory_bytes", memory)
+    reasons = []
+    if params > ctx.budget:
+        reasons.append(f"{format_count(params)} params > budget {format_count(ctx.budget)}")
+    if ctx.memory_limit is not None and memory is not None and memory > ctx.memory_limit:
+        reasons.append(f"memory {memory / 2**20:.0f} MiB > --memory {ctx.settings.memory}")
+    if not reasons:
+        trial.set_user_attr("seed", config.seed)
+        return Proposal(trial.number, plan, params, memory, config)
+    repaired = repair(ctx, sample, config, trial.number)
+    trial.set_user_attr("status", "infeasible")
+    trial.set_user_attr("reason", "; ".join(reasons) + "; repaired copy enqueued")
+    study.tell(trial, state=TrialState.PRUNED)
+    study.enqueue_trial(repaired.trial_params(), user_attrs={"repaired_from": trial.number})
+    return None
+
+
+def repair(ctx: SearchContext, sample: Sample, config: TrainConfig, number: int) -> Sample:
+    """Switch units off until the plan fits the parameter budget, then (if needed) the memory limit."""
+    arch, rng = ctx.arch, random.Random(f"{ctx.settings.seed}-{number}")
+    budget = ctx.budget
+    for _ in range(MAX_REPAIR_ROUNDS):
+        repaired = ctx.space.repair(sample, arch, budget, rng)
+        if repaired is None:
+            break
+        plan = repaired.plan()
+        if ctx.memory_limit is None or (_memory_of(ctx, plan, config) or 0) <= ctx.memory_limit:
+            return repaired
+        budget = plan.num_params(arch) - 1  # memory still too high: drop more units
+        if budget < 0:
+            break
+    smallest = ctx.space.smallest(arch)
+    if smallest.plan().num_params(arch) > ctx.budget:  # pragma: no cover - refused upfront
+        raise UserError(f"no plan of the space fits the budget of {ctx.budget} params")
+    return smallest

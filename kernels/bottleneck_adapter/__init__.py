@@ -1,0 +1,1 @@
+"""Fused bottleneck adapter (serial and parallel forms): kernel, reference, autograd function."""

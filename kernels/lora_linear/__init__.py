@@ -1,0 +1,1 @@
+"""Fused LoRA linear (dense or NF4 base) and LoRA delta: kernel, reference, autograd function."""

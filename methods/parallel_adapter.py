@@ -1,0 +1,68 @@
+"""Parallel adapter (He et al., 2022, "Towards a unified view of parameter-efficient transfer learning").
+
+A bottleneck adapter *beside* a sublayer rather than after it: it reads the sublayer's input x and adds
+to the sublayer's output h (before the residual connection),
+
+    h <- h + s * W_up act(W_down x + b_down) + s * b_up,   W_down: (m, d), W_up: (d, m)
+
+On site ``down`` the sublayer is the MLP (x = the MLP's input, h = the down projection's output); on
+site ``o`` it is attention (x = the attention's input, h = the output projection's output). The input
+is handed over by a forward pre-hook on the block's attention / MLP module (``captures``). He et al.'s
+"scaled parallel adapter" uses s = 4 (see the ``mam`` preset). W_up and b_up start at zero, so it is the
+identity at initialisation. Parameters per site: 2 m d + m + d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from autopeft.arch import LinearSite, ModelArch
+from autopeft.methods.adapter import Activation, BottleneckAdapter
+from autopeft.methods.base import Placement, positive, register
+
+
+@dataclass(frozen=True)
+class ParallelAdapterConfig:
+    size: int = 16
+    activation: Activation = "relu"
+    scaling: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("size", self.size)
+
+
+class ParallelAdapter(BottleneckAdapter):
+    def __init__(self, width: int, config: ParallelAdapterConfig, captures: str) -> None:
+        super().__init__(width, config)  # type: ignore[arg-type]  (the same fields, no gate)
+        self.captures = captures  # "attention" (site o) or "mlp" (site down)
+        self._input: torch.Tensor | None = None
+
+    def capture(self, x: torch.Tensor) -> None:
+        self._input = x
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sublayer_input, self._input = self._input, None
+        assert sublayer_input is not None, "parallel adapter: the sublayer's input was not captured"
+        return y + self.update(sublayer_input).to(y.dtype)
+
+
+@register
+class ParallelAdapterMethod:
+    name = "parallel_adapter"
+    summary = "bottleneck adapter beside attention (o) or the MLP (down): reads its input, adds to its output"
+    placement = Placement.LINEAR
+    stage = 10  # with the serial adapters, after additive deltas on the same projection
+    config_cls = ParallelAdapterConfig
+    sites = ("o", "down")
+    identity_at_init = True
+
+    def num_params(self, config: ParallelAdapterConfig, arch: ModelArch, site: LinearSite | None) -> int:
+        assert site is not None
+        return 2 * config.size * site.width + config.size + site.width
+
+    def build(self, config: ParallelAdapterConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        assert site is not None and site.width == arch.hidden
+        return ParallelAdapter(site.width, config, "attention" if site.name == "o" else "mlp")
