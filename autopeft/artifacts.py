@@ -54,11 +54,18 @@ def load_adapter(directory: str | Path) -> tuple[Plan, dict[str, torch.Tensor], 
         if not (directory / name).is_file():
             raise UserError(f"{directory} is not an adapter directory: {name} is missing")
     try:
-        config = json.loads((directory / CONFIG).read_text())
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{directory / CONFIG}: not a text file") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{directory / CONFIG}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{directory / CONFIG}: not an autopeft adapter config (expected a JSON object)")
     version = config.get("autopeft_adapter")
-    if not isinstance(version, int) or version > ADAPTER_FORMAT:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{directory / CONFIG}: missing or invalid 'autopeft_adapter' format number; "
+                        "was this directory written by autopeft?")
+    if version > ADAPTER_FORMAT:
         raise UserError(f"{directory}: adapter format {version!r} is newer than this autopeft "
                         f"understands ({ADAPTER_FORMAT}); upgrade autopeft")
     plan = Plan.load(directory / "plan.json")

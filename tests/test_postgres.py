@@ -4,6 +4,7 @@ Needs a PostgreSQL server on 127.0.0.1:5432 with trust authentication and a data
 (AUTOPEFT_TEST_POSTGRES overrides the URL); skipped, saying so, when no server answers.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -90,7 +91,5 @@ def test_two_workers_share_a_postgres_study_and_every_trial_is_recorded_once(tmp
         for p in [search, *locals().get("workers", [])]:
             if p.poll() is None:
                 p.kill()
-        try:
+        with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=DIRECT)
-        except KeyError:
-            pass

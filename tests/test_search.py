@@ -17,7 +17,6 @@ from tiny_assets import tiny_csv, tiny_model_dir
 
 from autopeft.cli import main
 
-
 # LoRA on q and v, decided per layer and site; 6 units of 160 or 320 params on the tiny model, so a
 # budget of 1.2k makes some sampled plans infeasible. A learning rate that learns in tens of steps.
 TINY_SPACE = """

@@ -19,10 +19,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from autopeft.artifacts import load_adapter
     from autopeft.pipeline import DataOptions, prepare
+    from autopeft.records import from_record
     from autopeft.train import TrainConfig
 
     plan, state, config = load_adapter(args.adapter_dir)
-    options = DataOptions(**config["data"])
+    source = f"{args.adapter_dir}/autopeft_config.json"
+    options = from_record(DataOptions, config.get("data"), f"{source} 'data'")
+    train = from_record(TrainConfig, config.get("train"), f"{source} 'train'")
     prepared = prepare(options, splits=(args.split,))
     if prepared.data.label_names != config.get("label_names", prepared.data.label_names):
         raise UserError(f"dataset labels {prepared.data.label_names} differ from the adapter's "
@@ -30,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if "fusion" in config:  # an `autopeft fuse` directory: the sources' weights are stored alongside
         from autopeft.fusion import evaluate_fused
 
-        metrics = evaluate_fused(prepared.session, config, state, args.split, TrainConfig(**config["train"]))
+        metrics = evaluate_fused(prepared.session, config, state, args.split, train)
     else:
-        metrics = prepared.session.evaluate_adapter(plan, state, args.split, TrainConfig(**config["train"]))
+        metrics = prepared.session.evaluate_adapter(plan, state, args.split, train)
     if args.json:
         print(json.dumps({"split": args.split, "metric": metrics.name, **metrics.values}, indent=2))
     else:
