@@ -85,7 +85,8 @@ def base_fingerprint(model: nn.Module, adapter_params: int = 0) -> dict[str, Any
     shape = {k: getattr(config, k) for k in CONFIG_KEYS if getattr(config, k, None) is not None}
     embeddings = model.get_input_embeddings().weight
     flat = embeddings.detach().reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, PROBES).long()
+    # evenly spaced probes in exact integer arithmetic (a float32 linspace overshoots past 2^24 elements)
+    index = torch.arange(PROBES, dtype=torch.int64) * (flat.numel() - 1) // (PROBES - 1)
     return {
         "name": getattr(config, "_name_or_path", "") or type(model).__name__,
         "family": arch_from_config(config).family.name,
@@ -132,13 +133,14 @@ def _describe(record: dict[str, Any]) -> str:
             f"{record.get('base_params', '?')} params)")
 
 
-def check_base(model: nn.Module, config: dict[str, Any], source: str) -> None:
-    """Refuse, naming both models, when ``model`` is not the base an adapter was made for."""
+def check_base(model: nn.Module, config: dict[str, Any], source: str, current: dict[str, Any] | None = None) -> None:
+    """Refuse, naming both models, when ``model`` is not the base an adapter was made for (``current``:
+    ``model``'s fingerprint when already known, e.g. taken before quantization)."""
     recorded = dict(config.get("base_fingerprint") or {})
     recorded.setdefault("name", config.get("base_model"))
     recorded.setdefault("family", config.get("family"))
     recorded.setdefault("base_params", config.get("base_params"))
-    current = base_fingerprint(model)
+    current = current or base_fingerprint(model)
     differences = [label for key, label in (("family", "family"), ("base_params", "parameter count"),
                                             ("config_hash", "architecture config"))
                    if recorded.get(key) is not None and recorded[key] != current[key]]

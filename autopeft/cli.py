@@ -1,7 +1,8 @@
 """The ``autopeft`` command line: one module per subcommand in :mod:`autopeft.commands`.
 
 A :class:`~autopeft.errors.UserError` (a mistake in the input) is printed as one ``error:`` line and
-exits with code 2, like argparse's own usage errors; anything else is a bug and keeps its traceback.
+exits with code 2, like argparse's own usage errors, and so is a full disk or a read-only study directory
+(:mod:`autopeft.faults`); anything else is a bug and keeps its traceback. Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from autopeft.faults import environment_error
+
+        message = environment_error(exc)  # a full disk or a read-only directory: not a bug, one line
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

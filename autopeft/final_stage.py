@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.backends.optuna_worker import top_rung_front
 from autopeft.errors import UserError
+from autopeft.interrupt import check, checked
 from autopeft.plan import Plan
 from autopeft.progress import Reporter
 from autopeft.search_context import SearchContext, adapter_config
@@ -77,7 +78,8 @@ def run_job(ctx: SearchContext, trial: FrozenTrial, seed: int, reporter: Reporte
 def _train_into(ctx: SearchContext, trial: FrozenTrial, seed: int, directory: Path, reporter: Reporter) -> None:
     plan = Plan.from_dict(trial.user_attrs["plan"])
     seeded = replace(TrainConfig(**trial.user_attrs["train_config"]), seed=seed)
-    outcome = ctx.prepared.session.run(plan, seeded, progress=reporter.step_callback(seeded.steps))
+    check()  # Ctrl-C: stop before (or, through the step callback, during) a retraining; it restarts on resume
+    outcome = ctx.prepared.session.run(plan, seeded, progress=checked(reporter.step_callback(seeded.steps)))
     save_adapter(directory, plan, outcome.state, adapter_config(ctx.prepared, seeded),
                  metrics={"validation": outcome.validation.values})
 

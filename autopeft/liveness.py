@@ -10,7 +10,9 @@ background thread. A RUNNING trial is *stale* when
 Only stamps written after the trial was (re)claimed count: the claim sets Optuna's ``datetime_start``,
 so a stamp older than that belongs to a previous owner and a freshly claimed trial is never stale.
 
-A stale trial that had started training (``status == "running"``) goes back to WAITING: the next
+A stale trial that had started training (``status`` in :data:`RESUMABLE`: ``running``, or ``complete``
+/ ``stopped`` when the worker died between recording the outcome and telling Optuna) goes back to
+WAITING: the next
 worker claims it atomically (Optuna's WAITING -> RUNNING transition, which every storage performs as
 a compare-and-set) and continues it from its last checkpoint under the same trial number, so nothing
 is lost or counted twice. A stale trial that never started training (killed while sampling) is
@@ -31,6 +33,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_S = 15.0
+RESUMABLE = ("running", "complete", "stopped")
 GRACE_S = 120.0
 WORKER_ATTR = "worker"
 
@@ -66,7 +69,7 @@ def recover_stale(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]:
         if not is_stale(trial, grace_s=grace_s):
             continue
         try:
-            if trial.user_attrs.get("status") == "running":
+            if trial.user_attrs.get("status") in RESUMABLE:
                 storage.set_trial_user_attr(trial._trial_id, "interruptions",
                                             int(trial.user_attrs.get("interruptions", 0)) + 1)
                 storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
@@ -84,7 +87,7 @@ def claim_interrupted(study: optuna.Study) -> optuna.Trial | None:
     """Atomically claim a WAITING trial that was interrupted mid-training (to continue it), if any."""
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if trial.user_attrs.get("status") != "running":
+        if trial.user_attrs.get("status") not in RESUMABLE:
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):

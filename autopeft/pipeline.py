@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class Prepared:
     loaded: LoadedModel
     session: Session
     seconds: float
+    #: the base model's record for adapters (autopeft.api.base_fingerprint), taken before any plan is applied
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -73,8 +75,12 @@ def prepare(options: DataOptions, splits: tuple[str, ...] = ("train", "validatio
     for name in splits:
         tokenized[name], _ = cached_tokenize(data.splits[name], data.task, loaded.tokenizer, options.max_length)
         if tokenized[name].num_truncated:
-            log.info("%s: %d of %d texts truncated to %d tokens", name, tokenized[name].num_truncated,
-                     len(tokenized[name].input_ids), options.max_length)
+            log.warning("%s: %d of %d texts truncated to %d tokens (--max-length)", name,
+                        tokenized[name].num_truncated, len(tokenized[name].input_ids), options.max_length)
     session = Session(loaded.model, loaded.arch, data.task, tokenized,  # type: ignore[arg-type]
                       pad_token_id=loaded.tokenizer.pad_token_id)
-    return Prepared(options, data, loaded, session, time.perf_counter() - start)
+    from autopeft.api import base_fingerprint
+
+    fingerprint = {**base_fingerprint(loaded.model), "name": options.model,
+                   "base_params": loaded.base_params}  # counted before any quantization, as recorded
+    return Prepared(options, data, loaded, session, time.perf_counter() - start, fingerprint)

@@ -119,6 +119,7 @@ class Plan:
     # --- resolution -----------------------------------------------------------------------
     def placements(self, arch: ModelArch) -> list[Placement]:
         out: dict[tuple[int | None, str, str], Placement] = {}
+        prefixes: dict[int | None, str] = {}  # a layer's attention takes one prefix-type method
         for entry in self.entries:
             method = get_method(entry.method)
             config = make_config(method, entry.options)
@@ -137,6 +138,11 @@ class Plan:
                     if key in out:
                         where = f"layer {layer} site" if layer is not None else "site"
                         raise UserError(f"plan puts '{entry.method}' twice on {where} '{site_name}'")
+                    if method.placement is MethodPlacement.ATTENTION:
+                        other = prefixes.setdefault(layer, entry.method)
+                        if other != entry.method:
+                            raise UserError(f"plan puts two prefix-type methods ('{other}' and '{entry.method}') "
+                                            f"on layer {layer}; a layer's attention takes one")
                     out[key] = Placement(layer, site_name, entry.method, config, linear, norm)
         return list(out.values())
 

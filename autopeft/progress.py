@@ -110,8 +110,9 @@ class Reporter:
             self._greater = greater_is_better
         self._start_live()
 
-    def sync(self, study: Any, total: int | None = None) -> None:
-        """Recount every field from an Optuna study (for resumed studies and several workers)."""
+    def sync(self, study: Any, total: int | None = None, refresh: bool = True) -> None:
+        """Recount every field from an Optuna study (for resumed studies and several workers); ``refresh``:
+        also print the plain status line (off when an event method just printed it)."""
         from optuna.trial import TrialState
 
         trials = study.get_trials(deepcopy=False)
@@ -127,7 +128,8 @@ class Reporter:
             self._greater = greater
             values = [t.values[0] for t in front]
             s.best = max(values) if greater else min(values)
-        self._refresh_plain()
+        if refresh:
+            self._refresh_plain()
 
     def _record_best(self, metric: str, value: float) -> None:
         s = self._status
@@ -151,12 +153,13 @@ class Reporter:
 
     def _refresh_plain(self) -> None:
         if not self.quiet and not self.live:
-            self.console.print(f"[autopeft] status: {self.status().line()}", markup=False)
+            self.console.print(f"[autopeft] status: {self.status().line()}", markup=False, soft_wrap=True)
 
     # --- events ------------------------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[autopeft] {message}", markup=False)
+            # soft_wrap: one message per line in log files (a terminal wraps long lines itself)
+            self.console.print(f"[autopeft] {message}", markup=False, soft_wrap=True)
 
     def trial_start(self, number: int, index: int, total: int, summary: str, params: int, pct: float) -> None:
         self._status.total = total

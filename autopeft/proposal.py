@@ -1,9 +1,12 @@
 """From an Optuna trial to a plan that may be trained: sample, count, check the hard constraints.
 
-A plan over ``--budget`` (parameters, exact from shapes) or over ``--memory`` (estimated peak training
-memory) is never trained: the trial is recorded as PRUNED with ``status=infeasible`` and the reason,
-and a *repaired* copy (units switched off until it fits; see ``SearchSpace.repair``) is enqueued, so
-that the trial that trains has exactly the parameters Optuna records for it.
+A plan over ``--budget`` (parameters, exact from shapes), over ``--memory`` (estimated peak training
+memory), or breaking one of the space's ``forbid`` rules is never trained: the trial is recorded as
+PRUNED with ``status=infeasible`` and the reason, and a *repaired* copy (units switched off until it
+fits and breaks no rule; see ``SearchSpace.repair``) is enqueued, so that the trial that trains has
+exactly the parameters Optuna records for it. Two prefix-type methods meeting in a layer (offered by
+two decisions) break the space's implicit forbid rule and are repaired the same way; a sampled plan
+that is invalid in any other way is recorded as infeasible with the plan's own error, not repaired.
 """
 
 from __future__ import annotations
@@ -43,13 +46,23 @@ def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Pro
     arch = ctx.arch
     sample = ctx.space.sample_choices(trial, arch)  # a claimed trial replays its recorded parameters
     plan = sample.plan()
-    params = plan.num_params(arch)
+    # the forbid rules first: they include the implicit one (one prefix-type method per layer), whose
+    # violations Plan.placements would refuse; such a sample is counted by units and repaired
+    forbidden = ctx.space.infeasible_reason(sample, arch, None)  # budget None: only the forbid rules
+    try:
+        params = sample.num_params(arch) if forbidden else plan.num_params(arch)
+    except UserError as exc:  # a plan the forbid rules do not catch and Plan.placements refuses
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("reason", f"invalid plan: {exc}")
+        study.tell(trial, state=TrialState.PRUNED)
+        return None
     config = replace(ctx.settings.train, seed=ctx.settings.seed + trial.number, **sample.training)
     attrs = trial.user_attrs
     if "memory_bytes" in attrs:
         memory = attrs["memory_bytes"]
     else:  # plans over the parameter budget are not estimated: they are never trained anyway
-        memory = _memory_of(ctx, plan, config) if params <= ctx.budget else None
+        memory = _memory_of(ctx, plan, config) if params <= ctx.budget and not forbidden else None
     if "plan" not in attrs:
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("params", params)
@@ -61,6 +74,8 @@ def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Pro
         reasons.append(f"{format_count(params)} params > budget {format_count(ctx.budget)}")
     if ctx.memory_limit is not None and memory is not None and memory > ctx.memory_limit:
         reasons.append(f"memory {memory / 2**20:.0f} MiB > --memory {ctx.settings.memory}")
+    if forbidden:
+        reasons.append(forbidden)
     if not reasons:
         trial.set_user_attr("seed", config.seed)
         return Proposal(trial.number, plan, params, memory, config)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopeft.errors import UserError
+from autopeft.interrupt import Interrupted, check, checked
 from autopeft.plan import Plan
 from autopeft.train import Metrics, Session, TrainConfig, TrialOutcome
 from autopeft.trial_run import Checkpoint, TrialRun
@@ -61,11 +62,17 @@ def train_through_rungs(session: Session, plan: Plan, config: TrainConfig, rungs
                         progress: Callable[[int, float], None] | None = None) -> RungResult:
     run, resumed = _start(session, plan, config, checkpoint)
     result = RungResult(steps=run.step, resumed_from=resumed)
+    progress = checked(progress)  # Ctrl-C stops the run after a whole step (autopeft.interrupt)
     try:
         for rung in rungs:
             if rung < run.step:
                 continue
-            _advance(run, rung, checkpoint, progress)
+            try:
+                check()
+                _advance(run, rung, checkpoint, progress)
+            except Interrupted:  # at a step boundary: save where the run is, so a resume loses nothing
+                run.checkpoint().save(checkpoint)
+                raise
             metrics = run.evaluate("validation")
             result.steps, result.validation = run.step, metrics
             result.rung_metrics[rung] = metrics.value

@@ -18,19 +18,23 @@ Both write the same study directory (see :mod:`autopeft.study`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from autopeft.artifacts import write_json
-from autopeft.backends.optuna_worker import steps_spent
+from autopeft.backends.optuna_worker import steps_spent, top_rung_front
+from autopeft.interrupt import graceful_interrupts
 from autopeft.progress import Reporter
 from autopeft.search_context import SearchContext, adapter_config, build_context
 from autopeft.search_settings import STUDY_NAME, SearchSettings
-from autopeft.study import mask_url
+from autopeft.study import mask_url, open_storage
+from autopeft.study_lock import StudyLock
 
 __all__ = ["STUDY_NAME", "SearchResult", "SearchSettings", "adapter_config", "run_search"]
 
@@ -43,30 +47,65 @@ class SearchResult:
 
 def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> SearchResult:
     reporter = reporter or Reporter()
+    # one search per study directory; other processes join deliberately with `autopeft worker`
+    url = mask_url(settings.storage) if settings.storage else \
+        f"sqlite:///{(Path(settings.out) / 'study.db').resolve()}"
+    with StudyLock(Path(settings.out), f"autopeft worker --storage {url} --study {settings.study_name}"):
+        return _run_locked(settings, reporter)
+
+
+def _run_locked(settings: SearchSettings, reporter: Reporter) -> SearchResult:
     ctx = build_context(settings, reporter)
     start = time.time()
     reporter.search_started(total=settings.trials, time_budget_s=settings.time_budget_s,
                             metric=ctx.prepared.session.primary_metric,
                             greater_is_better=ctx.objectives.greater_is_better)
     try:
-        if settings.backend == "ray":
-            from autopeft.backends.ray_tune import run_ray
+        with graceful_interrupts() if settings.backend == "optuna" else contextlib.nullcontext():
+            if settings.backend == "ray":
+                from autopeft.backends.ray_tune import run_ray
 
-            study = run_ray(ctx, reporter)
-        else:
-            from autopeft.backends.local import run_local
+                study = run_ray(ctx, reporter)
+            else:
+                from autopeft.backends.local import run_local
 
-            study = run_local(ctx, reporter)
+                study = run_local(ctx, reporter)
+            from autopeft.final_stage import run_final_stage
+
+            stage = run_final_stage(ctx, study, reporter)
     except KeyboardInterrupt:
         reporter.close()
-        reporter.info("interrupted: the study is saved; re-run the same command to resume")
+        reporter.info(f"interrupted: {_interrupted_report(ctx)}; re-run the same command to resume")
         raise
-    from autopeft.final_stage import run_final_stage
-
-    stage = run_final_stage(ctx, study, reporter)
     summary = _summary(ctx, study, stage, time.time() - start)
     write_json(ctx.files.root / "summary.json", summary)
     return SearchResult(ctx.files.root, summary)
+
+
+def _interrupted_report(ctx: SearchContext) -> str:
+    """What an interrupted search has done so far (and rewrite the CSV files from the storage)."""
+    try:
+        study = optuna.load_study(study_name=ctx.settings.study_name, storage=open_storage(ctx.storage_url))
+    except Exception:  # noqa: BLE001 - interrupted before the study existed
+        return "no trial was started"
+    with contextlib.suppress(Exception):  # best effort: the storage holds everything anyway
+        ctx.files.write_tables(study, ctx.base_params, top_rung_front(study, ctx.objectives))
+    trials = study.get_trials(deepcopy=False)
+    statuses = [t.user_attrs.get("status") for t in trials]
+    parts = [f"{statuses.count(s)} {s}" for s in ("complete", "stopped", "failed", "infeasible") if s in statuses]
+    waiting = [t for t in trials if t.state == TrialState.WAITING and t.user_attrs.get("status") == "running"]
+    saved = ", ".join(f"trial {t.number} at step {_checkpoint_step(ctx, t.number)}" for t in waiting)
+    return (", ".join(parts) or "no trial finished") + (f"; saved to continue: {saved}" if saved else "") + \
+        f"; the study is in {ctx.files.root}"
+
+
+def _checkpoint_step(ctx: SearchContext, number: int) -> int:
+    from autopeft.trial_run import Checkpoint
+
+    try:
+        return Checkpoint.load(ctx.files.checkpoint_path(number)).step
+    except Exception:  # noqa: BLE001 - no checkpoint yet: the trial restarts from step 0
+        return 0
 
 
 def _summary(ctx: SearchContext, study, stage: dict[str, Any], elapsed: float) -> dict[str, Any]:

@@ -116,7 +116,8 @@ class StudyFiles:
         except OSError as exc:
             raise UserError(f"cannot create study directory {self.root}: {exc.strerror}") from None
         if not os.access(self.root, os.W_OK):
-            raise UserError(f"study directory {self.root} is not writable")
+            raise UserError(f"study directory {self.root} is not writable (read-only filesystem or no permission); "
+                            "make it writable and re-run the same command to resume")
         path = self.root / "settings.json"
         if not path.is_file():
             return

@@ -15,8 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from test_search import TINY_SPACE
-from tiny_assets import tiny_csv, tiny_model_dir
+from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
 from autopeft.study import normalize_storage_url
 
@@ -51,7 +50,7 @@ def test_two_workers_share_a_postgres_study_and_every_trial_is_recorded_once(tmp
     search = subprocess.Popen(
         [*autopeft, "search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
          "--budget", "1.2k", "--batch-size", "8", "--trials", "8", "--max-steps", "240", "--min-steps", "80",
-         "--seeds", "1", "--storage", URL, "--study-name", name, "--out", str(out), "--quiet"],
+         "--seeds", "1", "--workers", "1", "--storage", URL, "--study-name", name, "--out", str(out), "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300

@@ -174,7 +174,7 @@ def test_ptuning_saves_only_its_virtual_tokens():
 
 
 @pytest.mark.parametrize(("entries", "message"), [
-    ([PlanEntry("prefix", (1,), ("attn",), {}), PlanEntry("ptuning_v2", (1,), ("attn",), {})], "two prefix methods"),
+    ([PlanEntry("prefix", (1,), ("attn",), {}), PlanEntry("ptuning_v2", (1,), ("attn",), {})], "two prefix-type methods"),
     ([PlanEntry("prompt", (), ("q",), {})], "goes on site"),
     ([PlanEntry("ln_tuning", (0,), ("down",), {})], "goes on site"),
     ([PlanEntry("parallel_adapter", (0,), ("q",), {})], "goes on site"),

@@ -6,8 +6,7 @@ import json
 import optuna
 import pandas as pd
 import pytest
-from test_search import TINY_SPACE
-from tiny_assets import tiny_csv, tiny_model_dir
+from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
 from autopeft.cli import main
 

@@ -13,24 +13,9 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from tiny_assets import tiny_csv, tiny_model_dir
+from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
 from autopeft.cli import main
-
-# LoRA on q and v, decided per layer and site; 6 units of 160 or 320 params on the tiny model, so a
-# budget of 1.2k makes some sampled plans infeasible. A learning rate that learns in tens of steps.
-TINY_SPACE = """
-training:
-  lr: {float: [5.0e-3, 3.0e-2], log: true}
-decisions:
-  - name: lora
-    layers: all
-    sites: [q, v]
-    per: layer-site
-    methods:
-      none: {}
-      lora: {r: {choice: [2, 4]}, alpha: 8}
-"""
 
 
 @pytest.fixture(scope="module")

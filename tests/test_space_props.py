@@ -56,6 +56,8 @@ def accepts_or_explains(text: str) -> SearchSpace | None:
         sample = space.sample_choices(optuna.create_study().ask(), arch)
     except UserError:  # the space does not fit this model (a layer out of range, overlapping decisions)
         return space
+    if space.infeasible_reason(sample, arch, None):  # breaks a forbid rule: recorded infeasible, never built
+        return space
     sample.plan().placements(arch)
     return space
 

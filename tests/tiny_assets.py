@@ -58,3 +58,19 @@ def randomize(handle, seed: int = 0) -> None:
                 tensor.mul_(1 + 0.3 * torch.randn(tensor.shape, generator=g))
             else:
                 tensor.copy_(0.3 * torch.randn(tensor.shape, generator=g))
+
+
+# LoRA on q and v, decided per layer and site; 6 units of 160 or 320 params on the tiny model, so a
+# budget of 1.2k makes some sampled plans infeasible. A learning rate that learns in tens of steps.
+TINY_SPACE = """
+training:
+  lr: {float: [5.0e-3, 3.0e-2], log: true}
+decisions:
+  - name: lora
+    layers: all
+    sites: [q, v]
+    per: layer-site
+    methods:
+      none: {}
+      lora: {r: {choice: [2, 4]}, alpha: 8}
+"""

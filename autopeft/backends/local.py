@@ -11,7 +11,9 @@ process per core, one thread each). Workers on other machines join with
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,11 +26,13 @@ from optuna.trial import TrialState
 from autopeft.backends.optuna_worker import Worker, counted
 from autopeft.errors import UserError
 from autopeft.final_stage import jobs, run_share
-from autopeft.liveness import recover_stale
+from autopeft.interrupt import graceful_interrupts
+from autopeft.liveness import RESUMABLE, recover_stale
 from autopeft.progress import Reporter
 from autopeft.search_context import SearchContext, open_study, record_settings
 
 STARTED_ATTR = "started_at"
+INTERRUPT_GRACE_S = 60.0  # how long worker processes get to save their trials after a Ctrl-C
 
 
 def prepare_study(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
@@ -62,6 +66,17 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
             run_share(ctx, study, 0, settings.workers, reporter)
         for p in processes:
             p.wait()
+    except KeyboardInterrupt:
+        # the workers run in their own sessions (a terminal's Ctrl-C reaches only this process): pass it
+        # on once, so they too stop after their current step and put their trials back in the queue
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.time() + INTERRUPT_GRACE_S
+        for p in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.time()))
+        raise
     finally:
         for p in processes:
             if p.poll() is None:
@@ -76,7 +91,7 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
 def _work_left(ctx: SearchContext, study: optuna.Study) -> bool:
     """Whether worker processes would have anything to do (a resumed, finished study has not)."""
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if counted(study) < ctx.settings.trials or any(t.user_attrs.get("status") == "running" for t in waiting):
+    if counted(study) < ctx.settings.trials or any(t.user_attrs.get("status") in RESUMABLE for t in waiting):
         return True
     return any(not (ctx.files.seed_dir(t.number, seed) / "metrics.json").is_file() for t, seed in jobs(ctx, study))
 
@@ -90,7 +105,11 @@ def _spawn(ctx: SearchContext, index: int) -> subprocess.Popen[Any]:
                "--threads", str(ctx.settings.threads),
                "--parent-pid", str(os.getpid())]
     with open(logs / f"worker-{index}.log", "ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # a session of its own: Ctrl-C in the terminal reaches the coordinator only, which passes it on
+        # once (a second SIGINT would stop a worker mid-step); a killed coordinator is noticed by the
+        # worker's orphan watch (autopeft.liveness.exit_when_orphaned)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
 
 
 def run_worker(storage_url: str, study_name: str, out: str | None, index: int, reporter: Reporter,
@@ -104,8 +123,9 @@ def run_worker(storage_url: str, study_name: str, out: str | None, index: int, r
     started = study.user_attrs.get(STARTED_ATTR)
     if started is None:
         raise UserError(f"study '{study_name}' has not been started by `autopeft search`")
-    Worker(ctx, study, reporter, started=started, wait_for_others=share_of is not None).run()
-    if share_of is not None:
-        run_share(ctx, study, index, share_of, reporter)
+    with graceful_interrupts():
+        Worker(ctx, study, reporter, started=started, wait_for_others=share_of is not None).run()
+        if share_of is not None:
+            run_share(ctx, study, index, share_of, reporter)
     reporter.info("worker done: the study's trial budget is reached")
     return 0

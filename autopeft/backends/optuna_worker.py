@@ -27,7 +27,9 @@ from optuna.trial import TrialState
 
 from autopeft.artifacts import save_adapter
 from autopeft.errors import UserError
-from autopeft.liveness import Heartbeat, claim_interrupted, recover_stale
+from autopeft.faults import environment_error
+from autopeft.interrupt import check
+from autopeft.liveness import RESUMABLE, Heartbeat, claim_interrupted, recover_stale
 from autopeft.objectives import Objectives
 from autopeft.progress import Reporter
 from autopeft.promotion import Decision, decide, pareto_front
@@ -70,6 +72,22 @@ def top_rung_front(study: optuna.Study, objectives: Objectives) -> list[int]:
     return pareto_front(complete)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The ``reason`` column of a failed trial: what went wrong, in one line."""
+    import torch
+
+    from autopeft.train import DivergedError
+
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return (f"out of memory ({detail}); lower --batch-size or --max-length, or set --memory to keep "
+                "such plans out")
+    if isinstance(exc, DivergedError):
+        return f"diverged ({detail})"
+    return detail
+
+
 def _remove_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the trial directory of a stopped trial holds nothing else
@@ -91,6 +109,7 @@ class Worker:
     def run(self) -> None:
         settings = self.ctx.settings
         while True:
+            check()  # Ctrl-C between trials: stop here (autopeft.interrupt)
             recover_stale(self.study)
             trial = claim_interrupted(self.study)
             if trial is None:
@@ -110,10 +129,11 @@ class Worker:
     # --- one trial -------------------------------------------------------------------------------
     def run_trial(self, trial: optuna.Trial) -> None:
         ctx, study = self.ctx, self.study
-        resumed = trial.user_attrs.get("status") == "running"
+        resumed = trial.user_attrs.get("status") in RESUMABLE
         proposal = propose(ctx, study, trial)
         if proposal is None:
             self.reporter.trial_pruned(trial.number, trial.user_attrs.get("reason", ""))
+            self._sync()
             self.infeasible_run += 1
             if self.infeasible_run >= MAX_CONSECUTIVE_INFEASIBLE:
                 raise UserError(f"{self.infeasible_run} sampled plans in a row are infeasible; raise --budget/"
@@ -136,7 +156,13 @@ class Worker:
                     ctx.prepared.session, plan, proposal.config, ctx.rungs, ctx.files.checkpoint_path(trial.number),
                     on_rung=lambda rung, metrics: self._at_rung(trial, proposal, rung, metrics),
                     progress=self.reporter.step_callback(proposal.config.steps))
+        except KeyboardInterrupt:  # Ctrl-C: the run saved a checkpoint; the trial goes back to the queue
+            self._put_back(trial)
+            raise
         except Exception as exc:  # noqa: BLE001 - a failing plan (NaN loss, a bug, OOM) must not end the search
+            message = environment_error(exc)
+            if message is not None:  # a full disk is not the plan's fault: stop, the trial stays resumable
+                raise UserError(message) from None
             self._failed(trial, exc)
             return
         if result.resumed_from is not None:
@@ -163,13 +189,23 @@ class Worker:
         trial.set_user_attr("rung_decisions", decisions)
         self.reporter.info(f"trial {trial.number}: {text}")
 
+    def _put_back(self, trial: optuna.Trial) -> None:
+        """An interrupted trial returns to WAITING (resumed from its checkpoint by the next worker)."""
+        with contextlib.suppress(Exception):  # a second Ctrl-C or a dead storage: liveness recovers it later
+            storage = self.study._storage
+            storage.set_trial_user_attr(trial._trial_id, "interruptions",
+                                        int(trial.user_attrs.get("interruptions", 0)) + 1)
+            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            self.write_tables()
+
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
         self.failures += 1
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        reason = failure_reason(exc)
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("reason", reason)
         self.study.tell(trial, state=TrialState.FAIL)
         self.reporter.trial_failed(trial.number, reason)
+        self._sync()
         self.write_tables()
         if self.failures >= self.ctx.settings.max_failures:
             raise UserError(f"{self.failures} trials failed (last: {reason}); see trials.csv. "
@@ -186,7 +222,6 @@ class Worker:
             for key, value in outcome.record().items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("status", "complete")
-            _remove_checkpoint(checkpoint)
             self.study.tell(trial, ctx.objectives.values(outcome.validation.value, proposal.params, proposal.memory))
             self.reporter.trial_done(trial.number, outcome.validation.name, outcome.validation.value,
                                      outcome.duration_s, len(top_rung_front(self.study, ctx.objectives)))
@@ -195,10 +230,19 @@ class Worker:
             trial.set_user_attr("reason", f"stopped at rung {result.steps} (dominated by plans at that rung)")
             trial.set_user_attr("validation", result.validation.values if result.validation else {})
             trial.set_user_attr("duration_s", round(result.train_seconds, 3))
-            _remove_checkpoint(checkpoint)
             self.study.tell(trial, state=TrialState.PRUNED)
             self.reporter.trial_pruned(trial.number, f"stopped at rung {result.steps}", started=True)
+        # only once the storage has the outcome: a kill before the tell resumes from the checkpoint
+        _remove_checkpoint(checkpoint)
+        self._sync()
         self.write_tables()
+
+    def _sync(self) -> None:
+        """Recount the live status from the study, so it includes the other workers' trials."""
+        sync = getattr(self.reporter, "sync", None)
+        if sync is not None:
+            with contextlib.suppress(Exception):  # a status line must never end a search
+                sync(self.study, total=self.ctx.settings.trials, refresh=False)
 
     def write_tables(self) -> None:
         self.ctx.files.write_tables(self.study, self.ctx.base_params, top_rung_front(self.study, self.ctx.objectives))

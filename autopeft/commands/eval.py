@@ -17,6 +17,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autopeft.api import check_base
     from autopeft.artifacts import load_adapter
     from autopeft.pipeline import DataOptions, prepare
     from autopeft.records import from_record
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     options = from_record(DataOptions, config.get("data"), f"{source} 'data'")
     train = from_record(TrainConfig, config.get("train"), f"{source} 'train'")
     prepared = prepare(options, splits=(args.split,))
+    check_base(prepared.loaded.model, config, args.adapter_dir, current=prepared.fingerprint)
     if prepared.data.label_names != config.get("label_names", prepared.data.label_names):
         raise UserError(f"dataset labels {prepared.data.label_names} differ from the adapter's "
                         f"{config['label_names']}")

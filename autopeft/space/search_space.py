@@ -58,6 +58,10 @@ class SearchSpace:
         mask_layers: dict[str, set[int]] = {}
         for decision in self.decisions:
             missing = [s for s in decision.sites if s not in arch.sites and s in LINEAR_SITES]
+            if missing and len(missing) == len(decision.sites):  # skipping would leave the decision empty
+                present = [s for s in LINEAR_SITES if s in arch.sites]
+                raise UserError(f"{decision.origin}: decision '{decision.name}': site(s) {', '.join(missing)} "
+                                f"not in {arch.family.name} models; its linear sites are {', '.join(present)}")
             if missing:
                 notes.append(f"decision '{decision.name}': site(s) {', '.join(missing)} skipped "
                              f"(not in {arch.family.name} models)")
