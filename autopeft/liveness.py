@@ -97,6 +97,14 @@ def claim_interrupted(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
+def stamp_claim(study: optuna.Study, trial_id: int) -> None:
+    """Stamp a just-claimed trial with this worker at once: a worker killed while it samples the plan
+    (before the :class:`Heartbeat` starts) is then found dead by its pid, not after ``GRACE_S``."""
+    now = time.time()
+    study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                               "claimed": now, "beat": now})
+
+
 class Heartbeat:
     """Stamp a trial with this worker and refresh the stamp until :meth:`stop`."""
 

@@ -534,3 +534,17 @@ def test_a_tokenizer_without_a_pad_token_is_handled(assets, tmp_path):
     loaded = load_model(str(model_dir), "classification")
     assert loaded.tokenizer.pad_token is not None
     assert loaded.model.config.pad_token_id == loaded.tokenizer.pad_token_id
+
+
+def test_a_worker_killed_while_sampling_is_found_dead_at_once_not_after_the_grace_period(tmp_path):
+    from autopeft.liveness import GRACE_S, is_stale
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(directions=["maximize", "minimize"], storage=url, study_name="s")
+    # another process claims a trial (as Worker.run does: ask, then stamp at once) and dies before training
+    code = ("import optuna; from autopeft.liveness import stamp_claim; "
+            f"s = optuna.load_study(study_name='s', storage='{url}'); t = s.ask(); stamp_claim(s, t._trial_id)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    trial = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]
+    assert trial.state == TrialState.RUNNING and "status" not in trial.user_attrs
+    assert is_stale(trial, grace_s=GRACE_S)  # its pid is gone: no need to wait GRACE_S

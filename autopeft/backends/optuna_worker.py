@@ -29,7 +29,7 @@ from autopeft.artifacts import save_adapter
 from autopeft.errors import UserError
 from autopeft.faults import environment_error
 from autopeft.interrupt import check
-from autopeft.liveness import RESUMABLE, Heartbeat, claim_interrupted, recover_stale
+from autopeft.liveness import RESUMABLE, Heartbeat, claim_interrupted, recover_stale, stamp_claim
 from autopeft.objectives import Objectives
 from autopeft.progress import Reporter
 from autopeft.promotion import Decision, decide, pareto_front
@@ -124,6 +124,7 @@ class Worker:
                         continue
                     return
                 trial = self.study.ask()
+            stamp_claim(self.study, trial._trial_id)
             self.run_trial(trial)
 
     # --- one trial -------------------------------------------------------------------------------
