@@ -203,8 +203,9 @@ def _common_metrics(ctx: SearchContext, trial: FrozenTrial, seed: int) -> dict[s
 def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     session = ctx.prepared.session
     seed = median_seed(record)
-    reporter.info(f"pick ({ctx.settings.pick}): trial {trial.number}, validation {record['mean']:.4f} ± "
-                  f"{record['std']:.4f} over {len(record['seeds'])} seeds; evaluating it on the test split")
+    spread = f" ± {record['std']:.4f} over {len(record['seeds'])} seeds" if len(record["seeds"]) > 1 else " (one seed)"
+    reporter.info(f"pick ({ctx.settings.pick}): trial {trial.number}, validation {record['mean']:.4f}{spread}; "
+                  "evaluating it on the test split")
     tests = {}
     for s in record["seeds"]:
         plan, state, config = load_adapter(_adapter_dir(ctx, trial, s))

@@ -145,10 +145,22 @@ class StudyFiles:
         import torch
         import transformers
 
-        return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        return {"platform": platform.platform(), "processor": platform.processor() or _cpu_model(), "cpus": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                 "torch": torch.__version__, "transformers": transformers.__version__,
                 "optuna": optuna.__version__, "cuda": torch.cuda.is_available()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and bf16 matrix features (benchmarks depend on them; Linux only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    features = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(features) or 'no bf16 matrix instructions'})" if name else ""
 
 
 def check_same_identity(previous: dict[str, Any], identity: dict[str, Any], where: str) -> None:

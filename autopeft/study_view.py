@@ -63,7 +63,11 @@ class TrialView:
 
     @property
     def metric_std(self) -> float | None:
-        return float(self.retrain["std"]) if self.retrain and self.retrain.get("std") is not None else None
+        """Sample standard deviation over the retraining seeds; None with fewer than two (undefined)."""
+        r = self.retrain
+        if not r or r.get("std") is None or len(r.get("values") or r.get("seeds") or ()) < 2:
+            return None
+        return float(r["std"])
 
     @property
     def steps(self) -> int:
