@@ -70,9 +70,7 @@ def recover_stale(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]:
             continue
         try:
             if trial.user_attrs.get("status") in RESUMABLE:
-                storage.set_trial_user_attr(trial._trial_id, "interruptions",
-                                            int(trial.user_attrs.get("interruptions", 0)) + 1)
-                storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                requeue(study, trial)
             else:
                 storage.set_trial_user_attr(trial._trial_id, "status", "failed")
                 storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted before training started")
@@ -81,6 +79,14 @@ def recover_stale(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]:
             continue  # someone else dealt with it
         recovered.append(trial.number)
     return recovered
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
+    """Put an interrupted trial back in the queue (WAITING), counting the interruption; the next worker
+    claims it (:func:`claim_interrupted`) and continues it from its checkpoint."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "interruptions", int(trial.user_attrs.get("interruptions", 0)) + 1)
+    storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
 
 
 def claim_interrupted(study: optuna.Study) -> optuna.Trial | None:

@@ -33,7 +33,7 @@ from autopeft.interrupt import graceful_interrupts
 from autopeft.progress import Reporter
 from autopeft.search_context import SearchContext, adapter_config, build_context
 from autopeft.search_settings import STUDY_NAME, SearchSettings
-from autopeft.study import mask_url, open_storage
+from autopeft.study import StudyFiles, mask_url, open_storage
 from autopeft.study_lock import StudyLock
 
 __all__ = ["STUDY_NAME", "SearchResult", "SearchSettings", "adapter_config", "run_search"]
@@ -48,8 +48,7 @@ class SearchResult:
 def run_search(settings: SearchSettings, reporter: Reporter | None = None) -> SearchResult:
     reporter = reporter or Reporter()
     # one search per study directory; other processes join deliberately with `autopeft worker`
-    url = mask_url(settings.storage) if settings.storage else \
-        f"sqlite:///{(Path(settings.out) / 'study.db').resolve()}"
+    url = mask_url(settings.storage or StudyFiles(Path(settings.out)).storage_url)
     with StudyLock(Path(settings.out), f"autopeft worker --storage {url} --study {settings.study_name}"):
         return _run_locked(settings, reporter)
 

@@ -1,9 +1,14 @@
-"""Tiny randomly initialised models of every supported family, for fast offline tests.
+"""Tiny randomly initialised models of every supported family, for fast offline tests, and tiny on-disk
+assets (a model folder with a word-level tokenizer, a learnable CSV, a LoRA space) for the tests and
+the reliability soak (``studies/reliability``).
 
 Shapes are deliberately odd-ish (hidden 40, 5 heads; GQA on Llama) so that shape bugs show.
 """
 
 from __future__ import annotations
+
+import random
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -17,6 +22,22 @@ from transformers import (
 )
 
 TINY_FAMILIES = ("bert", "distilbert", "gpt2", "llama")
+WORDS = [f"w{i}" for i in range(90)]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# LoRA on q and v, decided per layer and site; 6 units of 160 or 320 params on the tiny model, so a
+# budget of 1.2k makes some sampled plans infeasible. A learning rate that learns in tens of steps.
+TINY_SPACE = """
+training:
+  lr: {float: [5.0e-3, 3.0e-2], log: true}
+decisions:
+  - name: lora
+    layers: all
+    sites: [q, v]
+    per: layer-site
+    methods:
+      none: {}
+      lora: {r: {choice: [2, 4]}, alpha: 8}
+"""
 
 
 def tiny_config(family: str, num_labels: int = 3) -> PretrainedConfig:
@@ -77,3 +98,40 @@ def write_toy_csv(path, words: tuple[str, str] = ("good", "bad"), n: int = 40) -
     rows = [{"sentence": f"{w} movie number {i}", "label": w} for i in range(n) for w in words]
     pd.DataFrame(rows).to_csv(path, index=False)
     return str(path)
+
+
+def tiny_tokenizer():
+    """A whitespace word-level tokenizer whose 95 tokens fit the tiny models' vocabulary of 97."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def tiny_model_dir(path: Path, family: str = "bert", task: str = "classification", num_labels: int = 2) -> Path:
+    """A saved tiny model with :func:`tiny_tokenizer` (reused if ``path`` already holds one)."""
+    if (path / "config.json").is_file():
+        return path
+    tiny_model(family, task, num_labels=num_labels).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """Label 1 iff the text contains w7 (learnable from the tokens)."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = [rng.choice(WORDS[10:]) for _ in range(rng.randint(3, 9))]
+        label = i % 2
+        if label:
+            words[rng.randrange(len(words))] = "w7"
+        rows.append({"text": " ".join(words), "label": ["neg", "pos"][label]})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -29,7 +29,7 @@ from autopeft.artifacts import save_adapter
 from autopeft.errors import UserError
 from autopeft.faults import environment_error
 from autopeft.interrupt import check
-from autopeft.liveness import RESUMABLE, Heartbeat, claim_interrupted, recover_stale, stamp_claim
+from autopeft.liveness import RESUMABLE, Heartbeat, claim_interrupted, recover_stale, requeue, stamp_claim
 from autopeft.objectives import Objectives
 from autopeft.progress import Reporter
 from autopeft.promotion import Decision, decide, pareto_front
@@ -193,10 +193,7 @@ class Worker:
     def _put_back(self, trial: optuna.Trial) -> None:
         """An interrupted trial returns to WAITING (resumed from its checkpoint by the next worker)."""
         with contextlib.suppress(Exception):  # a second Ctrl-C or a dead storage: liveness recovers it later
-            storage = self.study._storage
-            storage.set_trial_user_attr(trial._trial_id, "interruptions",
-                                        int(trial.user_attrs.get("interruptions", 0)) + 1)
-            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            requeue(self.study, trial)
             self.write_tables()
 
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
@@ -240,10 +237,8 @@ class Worker:
 
     def _sync(self) -> None:
         """Recount the live status from the study, so it includes the other workers' trials."""
-        sync = getattr(self.reporter, "sync", None)
-        if sync is not None:
-            with contextlib.suppress(Exception):  # a status line must never end a search
-                sync(self.study, total=self.ctx.settings.trials, refresh=False)
+        with contextlib.suppress(Exception):  # a status line must never end a search
+            self.reporter.sync(self.study, total=self.ctx.settings.trials, refresh=False)
 
     def write_tables(self) -> None:
         self.ctx.files.write_tables(self.study, self.ctx.base_params, top_rung_front(self.study, self.ctx.objectives))

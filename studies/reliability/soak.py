@@ -96,54 +96,23 @@ JUST_PROMOTED_S = 0.1  # a signal this soon after a promotion line counts as bet
 # the tiny setup: a 42k-param BERT, 240 rows, LoRA on q/v per layer and site; rungs 60/90/135/180 with
 # eta 1.5 so that most plans are promoted (promoted trials to kill) and some stopped; a trial takes ~1-3 s
 # on one thread, so a run killed a few seconds after its start still makes progress
-SPACE = """\
-training:
-  lr: {float: [5.0e-3, 3.0e-2], log: true}
-decisions:
-  - name: lora
-    layers: all
-    sites: [q, v]
-    per: layer-site
-    methods:
-      none: {}
-      lora: {r: {choice: [2, 4]}, alpha: 8}
-"""
 TINY_FLAGS = ("--budget", "1.2k", "--batch-size", "8", "--trials", "16", "--max-steps", "180", "--min-steps", "60",
               "--eta", "1.5", "--seeds", "2")
-WORDS = [f"w{i}" for i in range(90)]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 # --- assets -----------------------------------------------------------------------------------------
 def tiny_assets(root: Path) -> tuple[str, str, str]:
-    """A tiny random BERT with a word-level tokenizer, a learnable CSV (label 1 iff the text has w7) and
-    the space above: the same idea as tests/tiny_assets.py, built here so the study needs no tests/."""
+    """A tiny random BERT with a word-level tokenizer, a learnable CSV (240 rows, label 1 iff the text
+    has w7) and a LoRA q/v space: :mod:`autopeft.testing`'s assets, as the test suite uses them."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    from autopeft.testing import tiny_model
+    from autopeft.testing import TINY_SPACE, tiny_csv, tiny_model_dir
 
     torch.set_num_threads(1)
     root.mkdir(parents=True, exist_ok=True)
-    model_dir = root / "model"
-    if not (model_dir / "config.json").is_file():
-        tiny_model("bert", "classification", num_labels=2).save_pretrained(model_dir)
-        core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIAL + WORDS)}, unk_token="[UNK]"))
-        core.pre_tokenizer = pre_tokenizers.Whitespace()
-        PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                sep_token="[SEP]", mask_token="[MASK]").save_pretrained(model_dir)
-    rng = random.Random(0)
-    with open(root / "data.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(240):
-            words = [rng.choice(WORDS[10:]) for _ in range(rng.randint(3, 9))]
-            if i % 2:
-                words[rng.randrange(len(words))] = "w7"
-            writer.writerow([" ".join(words), ["neg", "pos"][i % 2]])
-    (root / "space.yaml").write_text(SPACE)
-    return str(model_dir), str(root / "data.csv"), str(root / "space.yaml")
+    (root / "space.yaml").write_text(TINY_SPACE)
+    return (str(tiny_model_dir(root / "model")), str(tiny_csv(root / "data.csv", n=240)),
+            str(root / "space.yaml"))
 
 
 def search_command(args: argparse.Namespace, work: Path) -> list[str]:
