@@ -109,6 +109,8 @@ class ActivationCache:
 class _Skip(nn.Module):
     """Stands in for a frozen block below ``k`` during one forward: passes its hidden states through."""
 
+    autopeft_pass_through = True  # autopeft/unpad.py packs at the first block that really runs
+
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return hidden_states
 

@@ -16,10 +16,21 @@ shifts the diagonal (SDPA's ``is_causal`` aligns top-left). Modules without a pr
 
 The wrapped implementation is the model's own (``sdpa`` by default). Masks are built by the same
 mask function the wrapped implementation uses, registered under our name in ``AttentionMaskInterface``.
+
+``autopeft_train_eager`` (what CPU training steps run, see :mod:`autopeft.step_kernels`) is the model
+file's own eager attention with the additive mask cast to the scores' dtype under bf16 autocast. The
+mask is built in the model's dtype (fp32), and ``bf16 scores + fp32 mask`` would promote the
+(B, H, T, S) scores to fp32: softmax, dropout and their backward would then run in fp32, and the
+probabilities would be cast back to bf16 for the value matmul, ~6 casts of the largest tensor of the
+block per layer and step (a fifth of a MiniLM step's time was spent so). With a bf16 mask (its fp32
+minimum clamped to bf16's, still a zero after softmax) the scores stay bf16; CPU softmax accumulates
+in fp32 internally and rounds its output to bf16, the precision the value matmul reads anyway.
+Families whose eager attention upcasts softmax itself (Llama) keep doing so.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -28,8 +39,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from autopeft.unpad import active_packing, unpack_heads
+
 PREFIX_ATTR = "autopeft_prefix"
 _WRAPPABLE = ("sdpa", "eager")
+TRAIN_EAGER = "autopeft_train_eager"
 
 
 def implementation_name(inner: str) -> str:
@@ -54,10 +68,33 @@ def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
+def low_precision_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """An fp32 additive mask as bf16 when the scores are bf16 (module docstring); otherwise unchanged."""
+    if attention_mask is None or dtype != torch.bfloat16 or attention_mask.dtype != torch.float32:
+        return attention_mask
+    return attention_mask.clamp(min=torch.finfo(dtype).min).to(dtype)
+
+
+def _family_eager(module: nn.Module) -> Callable:
+    """The eager attention of the module's own model file (transformers 5.x keeps one per file)."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", _eager)
+
+
+def _train_eager(module, query, key, value, attention_mask, **kwargs):
+    mask = low_precision_mask(attention_mask, query.dtype)
+    return _family_eager(module)(module, query, key, value, mask, **kwargs)
+
+
+_BASES: dict[str, Callable] = {"eager": _eager, "train_eager": _train_eager}
+
+
 def _with_prefix(inner: str) -> Callable:
-    base = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else _eager
+    base = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else _BASES[inner]
 
     def attention(module, query, key, value, attention_mask, **kwargs):
+        packing = active_packing()
+        if packing is not None:  # padding-free blocks (autopeft/unpad.py): attend in the padded layout
+            query, key, value = (unpack_heads(packing, t) for t in (query, key, value))
         prefix = getattr(module, PREFIX_ATTR, None)
         if prefix is not None:
             prefix_key, prefix_value = prefix.key_value(attention_mask)
@@ -66,7 +103,8 @@ def _with_prefix(inner: str) -> Callable:
                 causal=bool(getattr(module, "is_causal", False)),
             )
             kwargs.pop("is_causal", None)
-        return base(module, query, key, value, attention_mask, **kwargs)
+        output, weights = base(module, query, key, value, attention_mask, **kwargs)  # output (B, T, h, d)
+        return (output if packing is None else packing.pack(output)), weights
 
     return attention
 
@@ -109,13 +147,14 @@ def real_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def register_prefix_attention() -> None:
-    """Idempotently register ``autopeft_sdpa`` / ``autopeft_eager`` with transformers."""
-    for inner in _WRAPPABLE:
+    """Idempotently register ``autopeft_sdpa`` / ``autopeft_eager`` / ``autopeft_train_eager`` with transformers."""
+    for inner in (*_WRAPPABLE, "train_eager"):
         name = implementation_name(inner)
         if name not in ALL_ATTENTION_FUNCTIONS:
             AttentionInterface.register(name, _with_prefix(inner))
         if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+            mask_kind = "eager" if inner == "train_eager" else inner
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_kind])
 
 
 def switch_to_prefix_attention(model: nn.Module) -> Callable[[], None]:

@@ -296,18 +296,18 @@ class StepModel:
         return self.shape.cuda or self.facts.attention_dropout == 0
 
     def _eager_probs_bytes(self) -> int:
-        """Bytes per (B, h, T, S) element eager attention saves: fp32 softmax output, the dropout mask
-        (BERT drops the fp32 probabilities, GPT-2 the cast ones), the probabilities the value matmul reads."""
+        """Bytes per (B, h, T, S) element eager attention saves: the softmax output, the dropout mask and
+        the (dropped) probabilities the value matmul reads. Under autocast the trainer casts the mask to
+        bf16 (:mod:`autopeft.attention`), so softmax runs in bf16, except in Llama-style models, whose
+        eager attention upcasts softmax to fp32 and casts its output back."""
         s, family = self.shape, self.arch.family.name
         dropout = self.facts.attention_dropout > 0
-        total = 4
-        if dropout:
-            total += s.mask_bytes(4 if family in ("bert", "distilbert") else s.act)
-        if s.autocast:
-            total += 2
-        elif dropout:
-            total += 4
-        return total
+        if not s.autocast:
+            return 4 + (s.mask_bytes(4) + 4 if dropout else 0)
+        upcast = family == "llama"
+        softmax = 4 if upcast else s.act
+        read_by_matmul = s.act if dropout or upcast else 0  # else the softmax output itself
+        return softmax + (s.mask_bytes(s.act) if dropout else 0) + read_by_matmul
 
     # --- after the blocks ----------------------------------------------------------------------
     def head(self, grad: bool) -> tuple[Ledger, float, float]:
@@ -351,8 +351,8 @@ class StepModel:
         s, arch = self.shape, self.arch
         keys = s.seq + max(self.prefix.values(), default=0)
         fused = self._fused_attention() and not s.eager_attention
-        # BERT drops (and differentiates) fp32 probabilities; GPT-2 / Llama cast them to the compute dtype
-        probs = 4 if arch.family.name in ("bert", "distilbert") or not s.eager_attention else s.act
+        # the trainer's eager attention keeps the probabilities (and their gradients) in the compute dtype
+        probs = s.act if s.eager_attention else 4
         scores = 0.0 if fused else probs * s.batch * arch.num_heads * s.seq * keys
         return _BLOCK_BWD_SCORES * scores + _BLOCK_BWD_HIDDEN * s.mlp_act * s.n * self._inter()
 

@@ -5,8 +5,9 @@
   put 38% of the step in ``_scaled_dot_product_flash_attention_for_cpu_backward``; SDPA's math path
   cost less, transformers' eager attention (``softmax(QK^T/sqrt(d) + mask) V``, the same function)
   least. So training steps on CPU with at most :data:`EAGER_MAX_LENGTH` tokens run the family's eager
-  attention (or ``autopeft_eager`` when a prefix method wrapped SDPA), switched through
-  ``config._attn_implementation`` for the step only. Evaluation keeps the model's own implementation
+  attention, with the padding mask in bf16 so that the scores stay bf16 under autocast
+  (``autopeft_train_eager``, :mod:`autopeft.attention`; it also carries prefix methods), switched
+  through ``config._attn_implementation`` for the step only. Evaluation keeps the model's own implementation
   (SDPA's forward is fast). Longer sequences keep SDPA: eager materialises (B, H, T, T) scores.
   CUDA keeps SDPA (flash / memory-efficient kernels).
 - **Dropout.** ``torch.nn.functional.dropout`` draws one Bernoulli sample per element from torch's
@@ -31,8 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from autopeft.attention import TRAIN_EAGER, register_prefix_attention
+
 EAGER_MAX_LENGTH = 256
-_EAGER_FOR = {"sdpa": "eager", "autopeft_sdpa": "autopeft_eager"}
+_EAGER_FROM = ("sdpa", "eager", "autopeft_sdpa", "autopeft_eager")
 
 
 @contextmanager
@@ -40,11 +43,11 @@ def training_attention(model: nn.Module, device: torch.device, width: int) -> It
     """For one training step: eager attention on CPU for batches up to ``EAGER_MAX_LENGTH`` tokens."""
     config = model.config
     current = getattr(config, "_attn_implementation", None)
-    target = _EAGER_FOR.get(current or "")
-    if device.type != "cpu" or target is None or width > EAGER_MAX_LENGTH:
+    if device.type != "cpu" or current not in _EAGER_FROM or width > EAGER_MAX_LENGTH:
         yield
         return
-    config._attn_implementation = target
+    register_prefix_attention()
+    config._attn_implementation = TRAIN_EAGER
     try:
         yield
     finally:

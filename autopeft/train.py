@@ -79,6 +79,7 @@ class TrainConfig:
     bucket_by_length: bool = True  # training batches of similar lengths (less padding)
     prefix_cache: PrefixCache = "bf16"  # cache of the hidden states below the plan's first layer
     compile: bool = False  # torch.compile the model for the run (measured: does not pay for short trials)
+    unpad: bool = True  # training blocks skip padding tokens where autopeft's attention runs (autopeft/unpad.py)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

@@ -33,6 +33,7 @@ from autopeft.activation_cache import FrozenPrefix, first_trained_layer
 from autopeft.errors import UserError
 from autopeft.inject import InjectionHandle
 from autopeft.step_kernels import make_optimizer, step_dropout, training_attention
+from autopeft.unpad import unpadded
 
 if TYPE_CHECKING:
     from autopeft.train import Metrics, Session, TrainConfig, TrialOutcome
@@ -132,23 +133,30 @@ class TrialRun:
         finally:
             session.model.eval()
 
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training forward of one batch (the model in train mode): loss and the plan's regulariser.
+
+        Cached frozen prefix, CPU attention kernels and dropout, padding-free blocks: see the modules."""
+        config, session = self.config, self.session
+        width = batch["input_ids"].shape[1]
+        with session.autocast(config.precision):
+            hidden = self.prefix.train_hidden("train", batch["index"].tolist(), width) if self.prefix.active else None
+            with (self.prefix.feeding(hidden), training_attention(session.model, session.device, width),
+                  step_dropout(session.device),
+                  unpadded(session.model, session.arch, batch["attention_mask"], enabled=config.unpad)):
+                loss = session.loss(batch)
+            return loss, self.handle.regularization()
+
     def _advance(self, to_step: int, batches, progress: Callable[[int, float], None] | None) -> None:
         from autopeft.train import DivergedError
 
-        config, session = self.config, self.session
+        config = self.config
         while self.step < to_step:
             t0 = time.perf_counter()
             step = self.step
             torch.manual_seed(step_seed(config.seed, step))
             batch = next(batches)
-            width = batch["input_ids"].shape[1]
-            with session.autocast(config.precision):
-                hidden = (self.prefix.train_hidden("train", batch["index"].tolist(), width)
-                          if self.prefix.active else None)
-                with (self.prefix.feeding(hidden), training_attention(session.model, session.device, width),
-                      step_dropout(session.device)):
-                    loss = session.loss(batch)
-                regularization = self.handle.regularization()
+            loss, regularization = self.step_loss(batch)
             if not torch.isfinite(loss):
                 raise DivergedError(f"training loss is {loss.item()} at step {step}")
             if self.optimizer is not None:

@@ -17,8 +17,6 @@ TOP = Plan((PlanEntry("lora", (1, 2), ("q", "v"), {"r": 2}), PlanEntry("prefix",
 
 def _grads_of_first_step(session, plan, config):
     """Loss and gradients of step 0, and how often block 0 ran, through the trainer's own code path."""
-    from autopeft.step_kernels import training_attention
-
     calls = []
     hook = session.arch.blocks(session.model)[0].register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -28,8 +26,7 @@ def _grads_of_first_step(session, plan, config):
             session.model.train()
             hidden = run.prefix.train_hidden("train", batch["index"].tolist(), width) if run.prefix.active else None
             calls.clear()  # a cache miss runs the real prefix once (in eval mode, without grad)
-            with run.prefix.feeding(hidden), training_attention(session.model, session.device, width):
-                loss = session.loss(batch)
+            loss, _ = run.step_loss(batch)
             loss.backward()
             session.model.eval()
             return loss.detach(), {n: p.grad.clone() for n, p in run._named}, len(calls), hidden

@@ -1,0 +1,97 @@
+"""Padding-free blocks (autopeft/unpad.py): the same losses and gradients as the padded model, for every
+registered method on every family, with and without the frozen-prefix cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_fixtures import one_thread, toy_session
+from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
+
+from autopeft.plan import Plan
+from autopeft.train import TrainConfig
+from autopeft.unpad import Packing, active_packing
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+
+def _first_step(session, plan: Plan, config: TrainConfig):
+    """Loss, gradients and how many tokens the blocks saw in step 0, through the trainer's code path."""
+    widths: list[int] = []
+    hook = session.arch.blocks(session.model)[-1].register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+        with_kwargs=True)
+    try:
+        with session.start(plan, config) as run:
+            batch = next(session.train_batches(config))
+            session.model.train()
+            loss, regularization = run.step_loss(batch)
+            (loss if regularization is None else loss + regularization).backward()
+            session.model.eval()
+            assert active_packing() is None
+            real = int(batch["attention_mask"].sum())
+            return loss.detach(), {n: p.grad.clone() for n, p in run._named if p.grad is not None}, widths, real
+    finally:
+        hook.remove()
+
+
+def _assert_same_step(session, plan: Plan, prefix_cache: str = "off") -> tuple[list, int]:
+    # unbucketed batches of lengths 3..17: well over MIN_PADDING of padding
+    on = TrainConfig(steps=2, batch_size=6, precision="fp32", prefix_cache=prefix_cache, seed=3, bucket_by_length=False)
+    off = TrainConfig(steps=2, batch_size=6, precision="fp32", prefix_cache=prefix_cache, seed=3,
+                      bucket_by_length=False, unpad=False)
+    loss_on, grads_on, widths, real = _first_step(session, plan, on)
+    loss_off, grads_off, _, _ = _first_step(session, plan, off)
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=1e-6)
+    assert set(grads_on) == set(grads_off) and grads_on
+    for name in grads_off:
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-6, msg=name)
+    return widths, real
+
+
+@pytest.mark.parametrize(("method", "family", "task"), CASES)
+def test_every_method_trains_the_same_without_padding(method, family, task):
+    session = toy_session(family, task, dropout=False)
+    widths, real = _assert_same_step(session, method_plan(method, family))
+    if method not in ("prompt", "ptuning", "prompt[random]", "ptuning[lstm]"):
+        assert widths == [torch.Size([1, real])]  # the top block ran on the real tokens only
+    else:  # a soft prompt lengthens the sequence: the blocks stay padded
+        assert widths[0][0] == 6
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("plan", [MIXED, MIXED_INPUT_NORM], ids=["mixed", "mixed-input-norm"])
+def test_hybrid_plans_train_the_same_without_padding(family, plan):
+    _assert_same_step(toy_session(family, "classification", dropout=False), plan)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_unpadding_composes_with_the_prefix_cache(family):
+    """Blocks below the plan's first layer come from the cache; the first running block packs them."""
+    from test_fast_activation_cache import TOP
+
+    widths, real = _assert_same_step(toy_session(family, "classification", dropout=False), TOP, prefix_cache="fp32")
+    assert widths == [torch.Size([1, real])]
+
+
+def test_packing_round_trip_and_no_padding_is_left_alone():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    packing = Packing.of(mask)
+    assert packing is not None and packing.tokens == 8
+    x = torch.arange(24.0).view(3, 4, 2)
+    packed = packing.pack(x)
+    assert packed.shape == (1, 8, 2)
+    restored = packing.unpack(packed)
+    torch.testing.assert_close(restored, x * mask[..., None])
+    assert Packing.of(torch.ones(2, 5, dtype=torch.long)) is None
+    assert Packing.of(mask, min_padding=0.4) is None  # 4 of 12 positions are padding: less than 40%
+
+
+def test_whole_runs_agree_with_and_without_unpadding():
+    session = toy_session("bert", "classification", dropout=False)
+    plan = MIXED
+    a = session.run(plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2))
+    b = session.run(plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2,
+                                       unpad=False))
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+    assert a.validation.value == b.validation.value
