@@ -70,11 +70,12 @@ def quantization_constants(model: nn.Module) -> list[torch.Tensor]:
 
 
 def measure_training_step(model: nn.Module, plan, task: str, batch_size: int, seq_len: int,
-                          precision: str = "bf16", seed: int = 0) -> int:
+                          precision: str = "bf16", seed: int = 0, short_rows: int = 0) -> int:
     """Peak allocated bytes of one steady-state training step of ``plan`` with autopeft's trainer.
 
     Builds a :class:`~autopeft.train.Session` on a synthetic split of ``batch_size`` examples of
-    ``seq_len`` tokens (the last one a token shorter, so every batch is padded like real data), runs
+    ``seq_len`` tokens (the last one a token shorter, so every batch is padded like real data; with
+    ``short_rows`` = m, the last m rows are half as long: a batch the trainer runs padding-free), runs
     one warm-up step (which creates the optimizer's states), then measures the second step:
     resident bytes (model, adapter, head, optimizer states, quantization constants, the trainer's bf16
     weight copies) + the step's peak.
@@ -85,8 +86,12 @@ def measure_training_step(model: nn.Module, plan, task: str, batch_size: int, se
 
     generator = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
-    rows = [torch.randint(3, vocab, (seq_len - (i == batch_size - 1 and batch_size > 1),),
-                          generator=generator).tolist() for i in range(batch_size)]
+    def length(i: int) -> int:
+        if i >= batch_size - short_rows:
+            return max(1, seq_len // 2)
+        return seq_len - (i == batch_size - 1 and batch_size > 1)
+
+    rows = [torch.randint(3, vocab, (length(i),), generator=generator).tolist() for i in range(batch_size)]
     labels = [i % 2 for i in range(batch_size)] if task == "classification" else None
     split = TokenizedSplit(rows, labels, 0)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
