@@ -71,20 +71,23 @@ def fixed_batches(session, n: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def full_batches(session, n: int) -> list[dict[str, torch.Tensor]]:
-    """n batches of LENGTH real tokens per row: consecutive train examples' tokens, concatenated and cut."""
+def full_session(session, n: int):
+    """A session on the same model whose train split holds n·BATCH rows of LENGTH real tokens each:
+    consecutive train examples' tokens, concatenated and cut (labels: the first example's). Its own
+    split, so that the frozen-prefix cache (keyed by split and example) serves these very rows."""
+    from autopeft.data import TokenizedSplit
+    from autopeft.train import Session
+
     data = session.splits["train"]
     stream = (token for row in data.input_ids for token in row)
-    out = []
-    for b in range(n):
-        ids = torch.tensor([[next(stream) for _ in range(LENGTH)] for _ in range(BATCH)])
-        index = list(range(b * BATCH, (b + 1) * BATCH))
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                    "labels": torch.tensor([data.labels[i] for i in index]), "index": torch.tensor(index)})
-    return out
+    rows = [[next(stream) for _ in range(LENGTH)] for _ in range(n * BATCH)]
+    split = TokenizedSplit(rows, data.labels[:len(rows)], 0)
+    return Session(session.model, session.arch, session.task, {"train": split, "validation": split},
+                   pad_token_id=session.pad_token_id)
 
 
-BATCHES = {"fixed64": fixed_batches, "full64": full_batches}
+def split_batches(session, n: int) -> list[dict[str, torch.Tensor]]:
+    return [session._collate(session.splits["train"], list(range(b * BATCH, (b + 1) * BATCH))) for b in range(n)]
 
 
 class AutopeftSide:
@@ -182,18 +185,25 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def step_flops(arch, plan, tokens: int, seq: int) -> float:
-    """FLOPs of one training step with frozen projections: forward 2*N*P per linear, backward only the
-    input gradient (another 2*N*P) from the plan's first layer up; attention scores and values
-    4*N*T*d per layer forward, twice that backward. Adapter FLOPs are < 1% and ignored."""
+def step_flops(arch, plan, real_tokens: float, batch: int, width: float) -> float:
+    """FLOPs of one training step with frozen projections, as autopeft runs it: per-token work 2·n·P per
+    linear on the n real tokens (padding-free blocks; a batch with < 10% padding is computed padded,
+    which this ignores), attention 4·B·T²·H per layer on the padded layout; forward from the plan's
+    first layer k up (the frozen prefix comes from the warm cache), backward only input gradients (the
+    same again, attention twice). Adapter and LoRA FLOPs are < 1% and ignored."""
     from autopeft.activation_cache import first_trained_layer
 
     per_layer = sum(s.in_features * s.out_features for s in {v.path: v for v in arch.sites.values()}.values())
-    attention = 4 * tokens * seq * arch.hidden
-    k = first_trained_layer(plan, arch)
-    forward = arch.num_layers * (2 * tokens * per_layer + attention)
-    backward = (arch.num_layers - k) * (2 * tokens * per_layer + 2 * attention)
-    return forward + backward
+    attention = 4 * batch * width * width * arch.hidden
+    layers = arch.num_layers - first_trained_layer(plan, arch)
+    return layers * (2 * real_tokens * per_layer + attention) + layers * (2 * real_tokens * per_layer + 2 * attention)
+
+
+def batch_shape(batches) -> tuple[float, float]:
+    """Mean real tokens and mean width (padded length) of a batch."""
+    batches = list(batches)
+    return (statistics.mean(float(b["attention_mask"].sum()) for b in batches),
+            statistics.mean(float(b["input_ids"].shape[1]) for b in batches))
 
 
 def main() -> None:
@@ -210,8 +220,10 @@ def main() -> None:
     for plan_name in args.plans.split(","):
         plan, peft_kwargs = plans()[plan_name]
         for inputs in args.inputs.split(","):
-            batches = BATCHES[inputs](session, args.warmup + args.steps + 10) if inputs in BATCHES else None
-            sides = {"autopeft": AutopeftSide(session, plan, batches), "peft": PeftSide(prepared, peft_kwargs, batches)}
+            n = args.warmup + args.steps + 10
+            used = full_session(session, n) if inputs == "full64" else session
+            batches = {"fixed64": fixed_batches, "full64": split_batches}[inputs](used, n) if inputs != "data" else None
+            sides = {"autopeft": AutopeftSide(used, plan, batches), "peft": PeftSide(prepared, peft_kwargs, batches)}
             try:
                 times = interleave(sides, args.warmup, args.steps)
                 if args.profile:
@@ -231,8 +243,16 @@ def main() -> None:
             row["ratio"] = statistics.median(pairs)
             row["ratio_of_medians"] = row["autopeft_ms"] / row["peft_ms"]
             row["ratio_cpu"] = row["autopeft_cpu_ms"] / row["peft_cpu_ms"]
-            tokens = BATCH * LENGTH
-            row["autopeft_gflop_per_step"] = step_flops(prepared.loaded.arch, plan, tokens, LENGTH) / 1e9
+            if batches is None:  # autopeft's own batches of this run (seed 0)
+                from itertools import islice
+
+                from autopeft.train import TrainConfig
+                own = session.train_batches(TrainConfig(steps=10_000, batch_size=BATCH, seed=0))
+                real, width = batch_shape(islice(own, n))
+            else:
+                real, width = batch_shape(batches)
+            row["autopeft_real_tokens"], row["autopeft_width"] = real, width
+            row["autopeft_gflop_per_step"] = step_flops(prepared.loaded.arch, plan, real, BATCH, width) / 1e9
             record["results"].append(row)
             print(json.dumps(row), flush=True)
     peak = matmul_peak(torch.bfloat16)
