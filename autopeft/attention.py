@@ -80,8 +80,15 @@ def _family_eager(module: nn.Module) -> Callable:
     return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", _eager)
 
 
+def _scores_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype of ``query @ key^T``: autocast's when it is on (a quantized projection may hand over
+    fp32 queries, yet the matmul still runs in bf16), else the query's."""
+    device = query.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+
+
 def _train_eager(module, query, key, value, attention_mask, **kwargs):
-    mask = low_precision_mask(attention_mask, query.dtype)
+    mask = low_precision_mask(attention_mask, _scores_dtype(query))
     return _family_eager(module)(module, query, key, value, mask, **kwargs)
 
 
