@@ -83,7 +83,7 @@ def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Pro
     trial.set_user_attr("status", "infeasible")
     trial.set_user_attr("reason", "; ".join(reasons) + "; repaired copy enqueued")
     study.tell(trial, state=TrialState.PRUNED)
-    study.enqueue_trial(repaired.trial_params(), user_attrs={"repaired_from": trial.number})
+    study.enqueue_trial(repaired.trial_params(), user_attrs={"repaired_from": trial.number, "status": "queued"})
     return None
 
 
