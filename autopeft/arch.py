@@ -82,11 +82,14 @@ class FamilySpec:
     is_causal: bool
     mlp_path: str  # relative to a block: the module whose input is the MLP's input
     norm_paths: tuple[str, str]  # relative to a block: the norms of sites ln_attn, ln_mlp
+    # relative to a block: the module whose forward(attention output, residual) starts the block's per-token
+    # rest, for classifiers that read token 0 (autopeft/head_rows.py); None: not supported for the family
+    head_rows_path: str | None = None
 
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("bert", ("bert", "roberta", "xlm-roberta"), "encoder.layer", "attention.self", "embeddings", False,
-               "intermediate", ("attention.output.LayerNorm", "output.LayerNorm")),
+               "intermediate", ("attention.output.LayerNorm", "output.LayerNorm"), "attention.output"),
     FamilySpec("distilbert", ("distilbert",), "transformer.layer", "attention", "embeddings", False,
                "ffn", ("sa_layer_norm", "output_layer_norm")),
     FamilySpec("gpt2", ("gpt2",), "h", "attn", "wte", True, "mlp", ("ln_1", "ln_2")),

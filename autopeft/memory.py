@@ -219,7 +219,9 @@ def _estimate(facts: ModelFacts, plan: Plan, settings: MemorySettings) -> Memory
                   cached_weights=bf16 and settings.trainer_kernels,
                   fast_dropout=settings.trainer_kernels and settings.device == "cpu",
                   eager_attention=settings.trainer_kernels and settings.device == "cpu"
-                  and settings.seq_len <= _eager_max_length())
+                  and settings.seq_len <= _eager_max_length(),
+                  head_rows=settings.trainer_kernels and facts.task == "classification"
+                  and facts.arch.family.head_rows_path is not None)
     model = StepModel(facts, plan, shape)
     lines: list[MemoryLine] = []
 

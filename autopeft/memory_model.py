@@ -88,6 +88,7 @@ class Shape:
     cached_weights: bool  # the trainer's one bf16 copy of the frozen projections (autopeft/precision.py)
     fast_dropout: bool  # the trainer's CPU dropout x * keep * scale: a bool mask (autopeft/step_kernels.py)
     eager_attention: bool  # the trainer's CPU eager attention for short batches (autopeft/step_kernels.py)
+    head_rows: bool = False  # the trainer's last block runs token 0 only after attention (autopeft/head_rows.py)
 
     @property
     def seq(self) -> int:
@@ -211,27 +212,34 @@ class StepModel:
         return residual or down
 
     def _bert(self, ledger: Ledger, layer: int, grad: bool, distil: bool) -> bool:
-        s, n, hidden, inter = self.shape, self.shape.n, self.arch.hidden, self._inter()
+        s, hidden, inter = self.shape, self.arch.hidden, self._inter()
         qkv = self._projections(ledger, layer, ("q", "k", "v"), grad, x_fp32=True)
         attn = self._attention(ledger, layer, any(qkv))
-        o = self._projections(ledger, layer, ("o",), attn, x_fp32=False)[0]
+        n = self._rows_after_attention(layer)
+        o = self._projections(ledger, layer, ("o",), attn, x_fp32=False, rows=n)[0]
         if o and not distil and self.facts.hidden_dropout > 0:
             ledger.add(ACTIVATIONS, n * hidden * s.mask_bytes(s.act))
-        residual = self._norm(ledger, layer, "ln_attn", grad or o, rms=False)
-        up = self._projections(ledger, layer, ("up",), residual, x_fp32=True)[0]
+        residual = self._norm(ledger, layer, "ln_attn", grad or o, rms=False, rows=n)
+        up = self._projections(ledger, layer, ("up",), residual, x_fp32=True, rows=n)[0]
         if up:
             ledger.add(ACTIVATIONS, s.mlp_act * n * inter)
-        down = self._projections(ledger, layer, ("down",), up, x_fp32=False)[0]
+        down = self._projections(ledger, layer, ("down",), up, x_fp32=False, rows=n)[0]
         if down and self.facts.hidden_dropout > 0:
             ledger.add(ACTIVATIONS, n * hidden * s.mask_bytes(s.mlp_act))
-        return self._norm(ledger, layer, "ln_mlp", residual or down, rms=False)
+        return self._norm(ledger, layer, "ln_mlp", residual or down, rms=False, rows=n)
+
+    def _rows_after_attention(self, layer: int) -> int:
+        """Rows of the post-attention part of a block: B in the last block when it runs the head rows only."""
+        s = self.shape
+        head_rows = s.head_rows and s.prompt == 0 and layer == self.arch.num_layers - 1
+        return s.batch if head_rows else s.n
 
     def _inter(self) -> int:
         return self.arch.sites["up"].out_features
 
-    def _norm(self, ledger: Ledger, layer: int, site: str, grad: bool, rms: bool) -> bool:
+    def _norm(self, ledger: Ledger, layer: int, site: str, grad: bool, rms: bool, rows: int | None = None) -> bool:
         """A norm on the fp32 residual stream; methods on norm sites make its output trainable."""
-        n, hidden = self.shape.n, self.arch.hidden
+        n, hidden = rows or self.shape.n, self.arch.hidden
         if grad:
             ledger.add(ACTIVATIONS, 4 * n * hidden + (4 if rms else 8) * n)
         tuned = [p for p in self.by_layer.get(layer, []) if p.site == site]
@@ -240,9 +248,10 @@ class StepModel:
         return grad or bool(tuned)
 
     def _projections(self, ledger: Ledger, layer: int, sites: tuple[str, ...], grad: bool,
-                     x_fp32: bool) -> list[bool]:
-        """Projections reading one input; returns whether each site's output needs a gradient."""
+                     x_fp32: bool, rows: int | None = None) -> list[bool]:
+        """Projections reading one input (``rows`` of it, default N); whether each output needs a gradient."""
         s, arch = self.shape, self.arch
+        n = rows or s.n
         copied: set[str] = set()
         shared = 0.0
         out = []
@@ -260,10 +269,10 @@ class StepModel:
             for p in methods:
                 cost = site_method_cost(get_method(p.method), p.config, arch, site, autocast=s.autocast,
                                         x_dtype=x_dtype, x_requires_grad=grad)
-                ledger.add(METHOD_ACTIVATIONS, cost.per_token * s.n + cost.constant)
+                ledger.add(METHOD_ACTIVATIONS, cost.per_token * n + cost.constant)
                 shared = max(shared, cost.shared_per_token)
             out.append(grad or bool(methods))
-        ledger.add(METHOD_ACTIVATIONS, shared * s.n)
+        ledger.add(METHOD_ACTIVATIONS, shared * n)
         return out
 
     def reads_weight(self, layer: int, path: str) -> bool:
@@ -354,7 +363,13 @@ class StepModel:
         # the trainer's eager attention keeps the probabilities (and their gradients) in the compute dtype
         probs = s.act if s.eager_attention else 4
         scores = 0.0 if fused else probs * s.batch * arch.num_heads * s.seq * keys
-        return _BLOCK_BWD_SCORES * scores + _BLOCK_BWD_HIDDEN * s.mlp_act * s.n * self._inter()
+        # with the head rows only, the top block's input gradient is materialised full-size (zeros except the
+        # head rows: the rows' selection's backward) next to the one flowing back through attention
+        # (and, for a padded batch the trainer packs, its packed copy: autopeft/unpad.py)
+        selected = 0
+        if self._rows_after_attention(arch.num_layers - 1) < s.n:
+            selected = 4 * s.n * arch.hidden * (2 if s.padding else 1)
+        return _BLOCK_BWD_SCORES * scores + _BLOCK_BWD_HIDDEN * s.mlp_act * s.n * self._inter() + selected
 
 
 def _binds(placement: PlanPlacement, arch: ModelArch) -> bool:

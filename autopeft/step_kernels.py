@@ -11,13 +11,18 @@
   (SDPA's forward is fast). Longer sequences keep SDPA: eager materialises (B, H, T, T) scores.
   CUDA keeps SDPA (flash / memory-efficient kernels).
 - **Dropout.** ``torch.nn.functional.dropout`` draws one Bernoulli sample per element from torch's
-  MT19937 (~6 ns/element on this CPU): 20% of a MiniLM step. :class:`FastDropout` (a
+  MT19937 (~6 ns/element on this CPU): 20% of a MiniLM step. :class:`CpuStepKernels` (a
   ``TorchFunctionMode``, active only during a CPU training step, so no library code is patched) draws
   64 random bits per ``random_`` call and reads them as four 16-bit uniforms ``u``: an element is
   dropped when ``u + 2^15 < round(p * 2^16)``, i.e. with probability ``p' = round(p * 2^16) / 2^16``
   (0.1 -> 0.1000061), and kept ones are scaled by ``1 / (1 - p')`` (the mask read as uint8, one
   multiply each way; ``where`` and bool casts are unvectorised on CPU) — several times faster; seeded
   from torch's generator like ``dropout``.
+- **Softmax.** CPU softmax of a bf16 tensor (the eager attention's probabilities under autocast) runs a
+  slower kernel than converting to fp32, running the fp32 kernel and rounding back: 1.5-2.7 ms vs
+  0.6-0.9 ms for a MiniLM batch's (16, 12, 47-63, 47-63) scores on this CPU (both accumulate in fp32 and
+  round to bf16: the results are equal but for a rare last-bit difference, ~1 element in 10^5). :func:`bf16_softmax` does the latter, and its backward is torch's own
+  (from the bf16 output, which is all it saves, as the native op).
 - **Optimizer.** AdamW with ``foreach=True`` (one multi-tensor kernel per op instead of a Python loop
   over the trainable tensors); state and master weights stay fp32.
 """
@@ -90,8 +95,28 @@ class _MaskScale(torch.autograd.Function):
         return (grad * keep.view(torch.uint8).to(grad.dtype)).mul_(ctx.scale), None, None
 
 
-class FastDropout(TorchFunctionMode):
-    """Routes training-mode ``F.dropout`` calls to :func:`fast_dropout` while active."""
+class _Bf16Softmax(torch.autograd.Function):
+    """softmax(x) of a bf16 ``x`` through the fp32 kernel (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        y = torch.softmax(x.float(), dim).to(x.dtype)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        return torch._softmax_backward_data(grad, y, ctx.dim, y.dtype), None
+
+
+def bf16_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return _Bf16Softmax.apply(x, dim)
+
+
+class CpuStepKernels(TorchFunctionMode):
+    """While active: training-mode ``F.dropout`` -> :func:`fast_dropout`, bf16 ``F.softmax`` -> :func:`bf16_softmax`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -102,12 +127,18 @@ class FastDropout(TorchFunctionMode):
             inplace = kwargs.get("inplace", args[3] if len(args) > 3 else False)
             if training and not inplace and p > 0:
                 return fast_dropout(x, p)
+        elif func is F.softmax:
+            x = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            dtype = kwargs.get("dtype", args[3] if len(args) > 3 else None)
+            if x.dtype == torch.bfloat16 and x.device.type == "cpu" and dim is not None and dtype is None:
+                return bf16_softmax(x, dim)
         return func(*args, **kwargs)
 
 
-def step_dropout(device: torch.device):
-    """The dropout of a training step: :class:`FastDropout` on CPU, torch's own elsewhere."""
-    return FastDropout() if device.type == "cpu" else nullcontext()
+def cpu_step_kernels(device: torch.device):
+    """The dropout and softmax of a training step: :class:`CpuStepKernels` on CPU, torch's own elsewhere."""
+    return CpuStepKernels() if device.type == "cpu" else nullcontext()
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer | None:

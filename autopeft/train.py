@@ -55,6 +55,7 @@ from autopeft.activation_cache import (
 from autopeft.arch import ModelArch
 from autopeft.data import TokenizedSplit
 from autopeft.errors import UserError
+from autopeft.head_rows import head_rows_only
 from autopeft.inject import head_parameters, inject
 from autopeft.plan import Plan
 from autopeft.precision import FrozenWeights
@@ -83,6 +84,7 @@ class TrainConfig:
     prefix_cache: PrefixCache = "bf16"  # cache of the hidden states below the plan's first layer
     compile: bool = False  # torch.compile the model for the run (measured: does not pay for short trials)
     unpad: bool = True  # training blocks skip padding tokens where autopeft's attention runs (autopeft/unpad.py)
+    head_rows: bool = True  # a token-0 classifier's last block runs only token 0 after attention (autopeft/head_rows.py)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -222,7 +224,9 @@ class Session:
                 batch = self._collate(data, index)
                 with self.autocast(config.precision):
                     hidden = prefix.eval_hidden(split, batch_size, start, batch) if prefix.active else None
-                    with prefix.feeding(hidden):
+                    with (prefix.feeding(hidden),
+                          head_rows_only(self.model, self.arch, batch["attention_mask"], self.task,
+                                         enabled=config.head_rows)):
                         if self.task == "classification":
                             logits = self.model(input_ids=batch["input_ids"],
                                                 attention_mask=batch["attention_mask"]).logits

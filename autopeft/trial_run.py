@@ -31,8 +31,9 @@ from safetensors.torch import load_file, save_file
 
 from autopeft.activation_cache import FrozenPrefix, first_trained_layer
 from autopeft.errors import UserError
+from autopeft.head_rows import head_rows_only
 from autopeft.inject import InjectionHandle
-from autopeft.step_kernels import make_optimizer, step_dropout, training_attention
+from autopeft.step_kernels import cpu_step_kernels, make_optimizer, training_attention
 from autopeft.unpad import unpadded
 
 if TYPE_CHECKING:
@@ -136,14 +137,17 @@ class TrialRun:
     def step_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training forward of one batch (the model in train mode): loss and the plan's regulariser.
 
-        Cached frozen prefix, CPU attention kernels and dropout, padding-free blocks: see the modules."""
+        Cached frozen prefix, CPU attention kernels and dropout, padding-free blocks, a last block on the
+        head's rows only: see the modules."""
         config, session = self.config, self.session
         width = batch["input_ids"].shape[1]
         with session.autocast(config.precision):
             hidden = self.prefix.train_hidden("train", batch["index"].tolist(), width) if self.prefix.active else None
             with (self.prefix.feeding(hidden), training_attention(session.model, session.device, width),
-                  step_dropout(session.device),
-                  unpadded(session.model, session.arch, batch["attention_mask"], enabled=config.unpad)):
+                  cpu_step_kernels(session.device),
+                  unpadded(session.model, session.arch, batch["attention_mask"], enabled=config.unpad),
+                  head_rows_only(session.model, session.arch, batch["attention_mask"], session.task,
+                                 enabled=config.head_rows)):
                 loss = session.loss(batch)
             return loss, self.handle.regularization()
 

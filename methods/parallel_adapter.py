@@ -43,6 +43,11 @@ class ParallelAdapter(BottleneckAdapter):
     def capture(self, x: torch.Tensor) -> None:
         self._input = x
 
+    def select_captured(self, select) -> None:
+        """Narrow a captured input to the rows the sublayer's output keeps (autopeft/head_rows.py)."""
+        if self._input is not None:
+            self._input = select(self._input)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         sublayer_input, self._input = self._input, None
         assert sublayer_input is not None, "parallel adapter: the sublayer's input was not captured"

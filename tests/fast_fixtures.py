@@ -65,3 +65,25 @@ def toy_session(family: str = "bert", task: str = "classification", dropout: boo
 
 def base_state(session: Session) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in session.model.state_dict().items()}
+
+
+def first_step(session: Session, plan, config, probe: nn.Module):
+    """Step 0 through the trainer's code path: (loss, gradients, the (dim 0, dim 1) shapes of ``probe``'s
+    first input on each call, the batch)."""
+    from autopeft.unpad import active_packing
+
+    shapes: list[torch.Size] = []
+    hook = probe.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+        with_kwargs=True)
+    try:
+        with session.start(plan, config) as run:
+            batch = next(session.train_batches(config))
+            session.model.train()
+            loss, regularization = run.step_loss(batch)
+            (loss if regularization is None else loss + regularization).backward()
+            session.model.eval()
+            assert active_packing() is None
+            return loss.detach(), {n: p.grad.clone() for n, p in run._named if p.grad is not None}, shapes, batch
+    finally:
+        hook.remove()

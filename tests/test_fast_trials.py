@@ -132,11 +132,11 @@ def test_resolve_workers():
 def test_fast_dropout_rate_scale_gradient_and_seed():
     import torch.nn.functional as F
 
-    from autopeft.step_kernels import FastDropout
+    from autopeft.step_kernels import CpuStepKernels
 
     x = torch.ones(200_000, requires_grad=True)
     torch.manual_seed(0)
-    with FastDropout():
+    with CpuStepKernels():
         y = F.dropout(x, p=0.1, training=True)
         assert torch.equal(F.dropout(x, p=0.1, training=False), x)  # eval mode: untouched
         z = torch.nn.Dropout(0.3)(x)
@@ -148,6 +148,31 @@ def test_fast_dropout_rate_scale_gradient_and_seed():
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d(x * mask * s)/dx = mask * s
     torch.manual_seed(0)
-    with FastDropout():
+    with CpuStepKernels():
         again = F.dropout(x, p=0.1, training=True)
     assert torch.equal(again, y)  # seeded from torch's generator, like dropout
+
+
+def test_bf16_softmax_matches_torch_values_and_gradients():
+    """The CPU step's bf16 softmax (through the fp32 kernel) matches torch's bf16 softmax, forward and backward."""
+    import torch.nn.functional as F
+
+    from autopeft.step_kernels import CpuStepKernels
+
+    torch.manual_seed(0)
+    for width in (7, 47, 64):
+        scores = (torch.randn(3, 4, width, width) * 4).to(torch.bfloat16)
+        grad = torch.randn(3, 4, width, width).to(torch.bfloat16)
+        ours_in = scores.clone().requires_grad_()
+        torch_in = scores.clone().requires_grad_()
+        with CpuStepKernels():
+            ours = F.softmax(ours_in, dim=-1)
+            assert ours.grad_fn is not None and "Bf16Softmax" in type(ours.grad_fn).__name__
+            assert F.softmax(scores.float(), dim=-1).dtype == torch.float32  # fp32 inputs: torch's own
+        native = F.softmax(torch_in, dim=-1)
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours, native)  # both round an fp32 accumulation: equal but for rare ulps
+        assert (ours != native).float().mean() < 1e-3
+        ours.backward(grad)
+        native.backward(grad)
+        torch.testing.assert_close(ours_in.grad, torch_in.grad)

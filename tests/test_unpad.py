@@ -5,34 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_fixtures import one_thread, toy_session
+from fast_fixtures import first_step, one_thread, toy_session
 from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
 
 from autopeft.plan import Plan
 from autopeft.train import TrainConfig
-from autopeft.unpad import Packing, active_packing
+from autopeft.unpad import Packing
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
-
-
-def _first_step(session, plan: Plan, config: TrainConfig):
-    """Loss, gradients and how many tokens the blocks saw in step 0, through the trainer's code path."""
-    widths: list[int] = []
-    hook = session.arch.blocks(session.model)[-1].register_forward_pre_hook(
-        lambda module, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
-        with_kwargs=True)
-    try:
-        with session.start(plan, config) as run:
-            batch = next(session.train_batches(config))
-            session.model.train()
-            loss, regularization = run.step_loss(batch)
-            (loss if regularization is None else loss + regularization).backward()
-            session.model.eval()
-            assert active_packing() is None
-            real = int(batch["attention_mask"].sum())
-            return loss.detach(), {n: p.grad.clone() for n, p in run._named if p.grad is not None}, widths, real
-    finally:
-        hook.remove()
 
 
 def _assert_same_step(session, plan: Plan, prefix_cache: str = "off") -> tuple[list, int]:
@@ -40,8 +20,10 @@ def _assert_same_step(session, plan: Plan, prefix_cache: str = "off") -> tuple[l
     on = TrainConfig(steps=2, batch_size=6, precision="fp32", prefix_cache=prefix_cache, seed=3, bucket_by_length=False)
     off = TrainConfig(steps=2, batch_size=6, precision="fp32", prefix_cache=prefix_cache, seed=3,
                       bucket_by_length=False, unpad=False)
-    loss_on, grads_on, widths, real = _first_step(session, plan, on)
-    loss_off, grads_off, _, _ = _first_step(session, plan, off)
+    last_block = session.arch.blocks(session.model)[-1]
+    loss_on, grads_on, widths, batch = first_step(session, plan, on, last_block)
+    loss_off, grads_off, _, _ = first_step(session, plan, off, last_block)
+    real = int(batch["attention_mask"].sum())
     torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=1e-6)
     assert set(grads_on) == set(grads_off) and grads_on
     for name in grads_off:

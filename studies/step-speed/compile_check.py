@@ -36,7 +36,7 @@ def main() -> None:
     from autopeft.models import load_model
     from autopeft.plan import Plan, PlanEntry
     from autopeft.precision import FrozenWeights
-    from autopeft.step_kernels import step_dropout, training_attention
+    from autopeft.step_kernels import cpu_step_kernels, training_attention
 
     loaded = load_model("minilm", "classification", num_labels=2)
     plan = Plan((PlanEntry("lora", tuple(range(6)), ("q", "v"), {"r": 8, "alpha": 16}),))
@@ -56,7 +56,7 @@ def main() -> None:
 
         def step():
             with frozen.cast(True), torch.autocast("cpu", dtype=torch.bfloat16), \
-                    training_attention(model, torch.device("cpu"), 64), step_dropout(torch.device("cpu")):
+                    training_attention(model, torch.device("cpu"), 64), cpu_step_kernels(torch.device("cpu")):
                 logits = model(**batch).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)
                 loss.backward()
