@@ -4,11 +4,12 @@ Same plans, same seeds, same data order up to the batching: MiniLM-L6 on Rotten 
 steps (default 150, the demo's fidelity), batch 16, max length 64, lr 2e-3.
 
 - ``reference``: ``precision="fp32"``, ``prefix_cache="off"``, ``bucket_by_length=False``,
-  ``unpad=False``: fp32 everywhere, the full model in train mode, padded blocks, batches of a plain
-  seeded permutation;
+  ``unpad=False``, ``head_rows=False``: fp32 everywhere, the full model in train mode, padded blocks,
+  every row through the last block, batches of a plain seeded permutation;
 - ``fast``: the defaults: bf16 autocast with bf16 frozen weights (attention scores, softmax and dropout
-  in bf16), the frozen-prefix cache (bf16), length buckets, padding-free blocks; on CPU also eager
-  attention and 16-bit-uniform dropout (always on in the trainer);
+  in bf16), the frozen-prefix cache (bf16), padding-free blocks, head rows only in the last block, no
+  length buckets; on CPU also eager attention, bf16 softmax through the fp32 kernel and
+  16-bit-uniform dropout (always on in the trainer);
 - ``bucketed``: the defaults plus ``bucket_by_length=True`` (the default before padding-free blocks).
 
 ``--configs`` runs a subset; with ``--reuse`` the rows of the other configs are kept from ``--out``
@@ -47,7 +48,8 @@ def plans():
     }
 
 
-CONFIGS = {"reference": {"precision": "fp32", "prefix_cache": "off", "bucket_by_length": False, "unpad": False},
+CONFIGS = {"reference": {"precision": "fp32", "prefix_cache": "off", "bucket_by_length": False, "unpad": False,
+                         "head_rows": False},
            "fast": {}, "bucketed": {"bucket_by_length": True}}
 
 
