@@ -190,13 +190,21 @@ def step_flops(arch, plan, real_tokens: float, batch: int, width: float) -> floa
     linear on the n real tokens (padding-free blocks; a batch with < 10% padding is computed padded,
     which this ignores), attention 4·B·T²·H per layer on the padded layout; forward from the plan's
     first layer k up (the frozen prefix comes from the warm cache), backward only input gradients (the
-    same again, attention twice). Adapter and LoRA FLOPs are < 1% and ignored."""
+    same again, attention twice); in the last block, with head rows only (autopeft/head_rows.py), the
+    projections after attention (o, up, down) on one row per example. Adapter and LoRA FLOPs are < 1%
+    and ignored."""
     from autopeft.activation_cache import first_trained_layer
+    from autopeft.head_rows import head_rows_supported
 
-    per_layer = sum(s.in_features * s.out_features for s in {v.path: v for v in arch.sites.values()}.values())
+    weights = {v.path: v.in_features * v.out_features for v in arch.sites.values()}
+    after = sum(weights[arch.sites[name].path] for name in ("o", "up", "down"))
+    before = sum(weights.values()) - after
     attention = 4 * batch * width * width * arch.hidden
     layers = arch.num_layers - first_trained_layer(plan, arch)
-    return layers * (2 * real_tokens * per_layer + attention) + layers * (2 * real_tokens * per_layer + 2 * attention)
+    last_rows = batch if head_rows_supported(arch, "classification") else real_tokens
+    forward = (layers * (2 * real_tokens * before + attention) + (layers - 1) * 2 * real_tokens * after
+               + 2 * last_rows * after)
+    return 2 * forward + layers * attention  # backward: input gradients (the same again), attention twice
 
 
 def batch_shape(batches) -> tuple[float, float]:
