@@ -113,8 +113,7 @@ def _layout(residual: torch.Tensor, batch: int, length: int):
             return x[:, :1]
 
         def restore_padded(x: torch.Tensor) -> torch.Tensor:
-            out = x.new_zeros(batch, length, *x.shape[2:])
-            return torch.cat([x, out[:, 1:]], dim=1)
+            return torch.cat([x, x.new_zeros(batch, length - 1, *x.shape[2:])], dim=1)
 
         return select_padded, restore_padded
     return None

@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 
 from autopeft.arch import ModelArch, arch_from_config
 from autopeft.errors import UserError
+from autopeft.head_rows import head_rows_supported
 from autopeft.memory_model import ModelFacts, Shape, StepModel
 from autopeft.plan import Plan
 
@@ -220,8 +221,7 @@ def _estimate(facts: ModelFacts, plan: Plan, settings: MemorySettings) -> Memory
                   fast_dropout=settings.trainer_kernels and settings.device == "cpu",
                   eager_attention=settings.trainer_kernels and settings.device == "cpu"
                   and settings.seq_len <= _eager_max_length(),
-                  head_rows=settings.trainer_kernels and facts.task == "classification"
-                  and facts.arch.family.head_rows_path is not None)
+                  head_rows=settings.trainer_kernels and head_rows_supported(facts.arch, facts.task))
     model = StepModel(facts, plan, shape)
     lines: list[MemoryLine] = []
 
