@@ -19,10 +19,11 @@
   multiply each way; ``where`` and bool casts are unvectorised on CPU) — several times faster; seeded
   from torch's generator like ``dropout``.
 - **Softmax.** CPU softmax of a bf16 tensor (the eager attention's probabilities under autocast) runs a
-  slower kernel than converting to fp32, running the fp32 kernel and rounding back: 1.5-2.7 ms vs
-  0.6-0.9 ms for a MiniLM batch's (16, 12, 47-63, 47-63) scores on this CPU (both accumulate in fp32 and
-  round to bf16: the results are equal but for a rare last-bit difference, ~1 element in 10^5). :func:`bf16_softmax` does the latter, and its backward is torch's own
-  (from the bf16 output, which is all it saves, as the native op).
+  slower kernel than converting to fp32, running the fp32 kernel and rounding back: 1.0-2.7 ms vs
+  0.6-0.9 ms for a MiniLM batch's (16, 12, T, T) scores with T from 40 to 63, the same at T = 33 and 64
+  (``studies/step-speed/softmax.json``). Both accumulate in fp32 and round to bf16: the results are equal
+  but for a rare last-bit difference (~1 element in 10^5). :func:`bf16_softmax` does the latter, and its
+  backward is torch's own (from the bf16 output, which is all it saves, as the native op).
 - **Optimizer.** AdamW with ``foreach=True`` (one multi-tensor kernel per op instead of a Python loop
   over the trainable tensors); state and master weights stay fp32.
 """
