@@ -17,10 +17,12 @@ Everything outside the blocks (embeddings, masks, positions, pooler, heads, loss
 same function of the same inputs (tested: losses and gradients equal within float rounding, every
 method on every family). Only the padding positions differ: they leave the last block as zeros
 instead of the values the padded model computed for them, which nothing reads (heads read real
-tokens, the loss masks padding).
+tokens, the loss masks padding). The exception are a few "filler" padding positions packed along
+with the real tokens so that n is a multiple of :func:`pack_multiple` (a fixed set of matmul shapes
+for oneDNN's kernel cache): they are computed like any row and, like all padding, ignored.
 
-A batch with less than :data:`MIN_PADDING` padding stays padded. Rotary position embeddings (Llama) that the model passes into each block as ``(B or 1, T, d)`` tensors
-are packed the same way. A block whose input is not (B, T) — a soft prompt lengthened the sequence —
+A batch with less than :data:`MIN_PADDING` padding stays padded. Rotary position embeddings (Llama)
+that the model passes into each block as ``(B or 1, T, d)`` tensors are packed the same way. A block whose input is not (B, T) — a soft prompt lengthened the sequence —
 is left padded for the whole forward.
 
 Used only where autopeft's attention runs (``autopeft_*`` implementations, see
@@ -49,16 +51,29 @@ class Packing:
     length: int
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor, min_padding: float = 0.0) -> Packing | None:
-        """The packing of a (B, T) 0/1 mask; None when less than ``min_padding`` of it is padding."""
+    def of(cls, attention_mask: torch.Tensor, min_padding: float = 0.0, multiple: int = 1) -> Packing | None:
+        """The packing of a (B, T) 0/1 mask; None when less than ``min_padding`` of it is padding.
+
+        With ``multiple`` > 1 the row count is rounded up to a multiple of it by also taking the first
+        padding positions (computed and ignored, as in the padded model); None if that is every position.
+        """
         batch, length = attention_mask.shape
-        index = attention_mask.reshape(-1).nonzero().squeeze(1)
-        if index.numel() == 0 or index.numel() > (1 - min_padding) * batch * length or index.numel() == batch * length:
+        flat = attention_mask.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        real, total = index.numel(), batch * length
+        if real == 0 or real > (1 - min_padding) * total:
             return None
+        rows = min(total, -(-real // multiple) * multiple)
+        if rows == total:
+            return None
+        if rows > real:
+            filler = (flat == 0).nonzero().squeeze(1)[:rows - real]
+            index = torch.cat([index, filler]).sort().values
         return cls(index, batch, length)
 
     @property
     def tokens(self) -> int:
+        """Rows of the packed layout: the real tokens and any filler padding positions."""
         return self.index.numel()
 
     def is_padded(self, x: torch.Tensor) -> bool:
@@ -80,6 +95,20 @@ class Packing:
 # memory estimator's (B, T) activations stay exact for (nearly) full batches (autopeft/memory_model.py).
 MIN_PADDING = 0.1
 
+# Packed row counts are rounded up to a multiple of this, per device type. On CPU, torch runs bf16 matmuls
+# through oneDNN, which JIT-compiles a kernel per (M, K, N) shape and keeps ~1,000 of them: with the exact
+# real-token count as M, nearly every step brought new shapes for its ~50 matmuls, and compiling them
+# (and first-touching the memory they took, ~2,500 page faults per step) cost MiniLM's LoRA step ~25%
+# (studies/step-speed/pack_multiple.json). Rounding to 32 leaves a handful of shapes, all cached after a
+# few steps, for at most 31 filler rows (~4% more rows at ~430 real tokens). CUDA keeps tensor-core
+# friendly multiples of 8.
+PACK_MULTIPLE: dict[str, int] = {"cpu": 32}
+DEFAULT_PACK_MULTIPLE = 8
+
+
+def pack_multiple(device: torch.device) -> int:
+    return PACK_MULTIPLE.get(device.type, DEFAULT_PACK_MULTIPLE)
+
 _ACTIVE: ContextVar[Packing | None] = ContextVar("autopeft_packing", default=None)
 
 
@@ -97,7 +126,8 @@ def unpack_heads(packing: Packing, x: torch.Tensor) -> torch.Tensor:
 def unpadded(model: nn.Module, arch: ModelArch, attention_mask: torch.Tensor, enabled: bool = True) -> Iterator[None]:
     """During one forward: the blocks run on the real tokens of ``attention_mask`` (B, T) only."""
     ours = str(getattr(model.config, "_attn_implementation", "")).startswith("autopeft_")
-    packing = Packing.of(attention_mask, MIN_PADDING) if enabled and ours and attention_mask.dim() == 2 else None
+    packing = (Packing.of(attention_mask, MIN_PADDING, pack_multiple(attention_mask.device))
+               if enabled and ours and attention_mask.dim() == 2 else None)
     if packing is None:
         yield
         return

@@ -8,11 +8,22 @@ import torch
 from fast_fixtures import first_step, one_thread, toy_session
 from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
 
+from autopeft import unpad
 from autopeft.plan import Plan
 from autopeft.train import TrainConfig
 from autopeft.unpad import Packing
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+MULTIPLE = 8  # the toy batches (~60 real of ~100 positions) get filler rows, and stay packed
+
+
+@pytest.fixture(autouse=True)
+def _toy_pack_multiple(monkeypatch):
+    monkeypatch.setitem(unpad.PACK_MULTIPLE, "cpu", MULTIPLE)
+
+
+def _rows(real: int) -> int:
+    return -(-real // MULTIPLE) * MULTIPLE
 
 
 def _assert_same_step(session, plan: Plan, prefix_cache: str = "off") -> tuple[list, int]:
@@ -36,7 +47,7 @@ def test_every_method_trains_the_same_without_padding(method, family, task):
     session = toy_session(family, task, dropout=False)
     widths, real = _assert_same_step(session, method_plan(method, family))
     if method not in ("prompt", "ptuning", "prompt[random]", "ptuning[lstm]"):
-        assert widths == [torch.Size([1, real])]  # the top block ran on the real tokens only
+        assert widths == [torch.Size([1, _rows(real)])]  # the top block ran on the real tokens (+ filler)
     else:  # a soft prompt lengthens the sequence: the blocks stay padded
         assert widths[0][0] == 6
 
@@ -53,7 +64,7 @@ def test_unpadding_composes_with_the_prefix_cache(family):
     from test_fast_activation_cache import TOP
 
     widths, real = _assert_same_step(toy_session(family, "classification", dropout=False), TOP, prefix_cache="fp32")
-    assert widths == [torch.Size([1, real])]
+    assert widths == [torch.Size([1, _rows(real)])]
 
 
 def test_packing_round_trip_and_no_padding_is_left_alone():
@@ -67,6 +78,25 @@ def test_packing_round_trip_and_no_padding_is_left_alone():
     torch.testing.assert_close(restored, x * mask[..., None])
     assert Packing.of(torch.ones(2, 5, dtype=torch.long)) is None
     assert Packing.of(mask, min_padding=0.4) is None  # 4 of 12 positions are padding: less than 40%
+
+
+def test_packing_rounds_rows_up_with_the_first_padding_positions():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    x = torch.arange(24.0).view(3, 4, 2)
+    packing = Packing.of(mask, multiple=5)
+    assert packing is not None and packing.tokens == 10
+    assert packing.index.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]  # filler: flat positions 3 and 5, in order
+    filled = mask.clone()
+    filled[0, 3] = filled[1, 1] = 1
+    torch.testing.assert_close(packing.unpack(packing.pack(x)), x * filled[..., None])
+    assert Packing.of(mask, multiple=4).tokens == 8  # already a multiple: no filler
+    assert Packing.of(mask, multiple=7) is None  # 14 rows would be more than the 12 positions: stay padded
+    assert Packing.of(mask, multiple=6) is None  # all 12 positions: nothing saved, stay padded
+
+
+def test_the_pack_multiple_is_per_device_type():
+    assert unpad.pack_multiple(torch.device("cpu")) == MULTIPLE  # this module's fixture
+    assert unpad.pack_multiple(torch.device("cuda")) == unpad.DEFAULT_PACK_MULTIPLE
 
 
 def test_whole_runs_agree_with_and_without_unpadding():

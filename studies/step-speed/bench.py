@@ -185,10 +185,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def step_flops(arch, plan, real_tokens: float, batch: int, width: float) -> float:
+def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:
     """FLOPs of one training step with frozen projections, as autopeft runs it: per-token work 2·n·P per
-    linear on the n real tokens (padding-free blocks; a batch with < 10% padding is computed padded,
-    which this ignores), attention 4·B·T²·H per layer on the padded layout; forward from the plan's
+    linear on the n rows the blocks run on (padding-free blocks: the real tokens rounded up to the pack
+    multiple with filler padding rows, or all B·T positions for a batch left padded; see batch_shape),
+    attention 4·B·T²·H per layer on the padded layout; forward from the plan's
     first layer k up (the frozen prefix comes from the warm cache), backward only input gradients (the
     same again, attention twice); in the last block, with head rows only (autopeft/head_rows.py), the
     projections after attention (o, up, down) on one row per example. Adapter and LoRA FLOPs are < 1%
@@ -201,17 +202,23 @@ def step_flops(arch, plan, real_tokens: float, batch: int, width: float) -> floa
     before = sum(weights.values()) - after
     attention = 4 * batch * width * width * arch.hidden
     layers = arch.num_layers - first_trained_layer(plan, arch)
-    last_rows = batch if head_rows_supported(arch, "classification") else real_tokens
-    forward = (layers * (2 * real_tokens * before + attention) + (layers - 1) * 2 * real_tokens * after
+    last_rows = batch if head_rows_supported(arch, "classification") else rows
+    forward = (layers * (2 * rows * before + attention) + (layers - 1) * 2 * rows * after
                + 2 * last_rows * after)
     return 2 * forward + layers * attention  # backward: input gradients (the same again), attention twice
 
 
-def batch_shape(batches) -> tuple[float, float]:
-    """Mean real tokens and mean width (padded length) of a batch."""
+def batch_shape(batches) -> tuple[float, float, float]:
+    """Mean real tokens, mean rows the blocks run on (autopeft/unpad.py's packing on CPU) and mean width
+    (padded length) of a batch."""
+    from autopeft.unpad import MIN_PADDING, Packing, pack_multiple
+
     batches = list(batches)
-    return (statistics.mean(float(b["attention_mask"].sum()) for b in batches),
-            statistics.mean(float(b["input_ids"].shape[1]) for b in batches))
+    masks = [b["attention_mask"] for b in batches]
+    packings = [Packing.of(m, MIN_PADDING, pack_multiple(torch.device("cpu"))) for m in masks]
+    return (statistics.mean(float(m.sum()) for m in masks),
+            statistics.mean(float(m.numel() if p is None else p.tokens) for m, p in zip(masks, packings, strict=True)),
+            statistics.mean(float(m.shape[1]) for m in masks))
 
 
 def main() -> None:
@@ -256,11 +263,11 @@ def main() -> None:
 
                 from autopeft.train import TrainConfig
                 own = session.train_batches(TrainConfig(steps=10_000, batch_size=BATCH, seed=0))
-                real, width = batch_shape(islice(own, n))
+                real, rows, width = batch_shape(islice(own, n))
             else:
-                real, width = batch_shape(batches)
-            row["autopeft_real_tokens"], row["autopeft_width"] = real, width
-            row["autopeft_gflop_per_step"] = step_flops(prepared.loaded.arch, plan, real, BATCH, width) / 1e9
+                real, rows, width = batch_shape(batches)
+            row["autopeft_real_tokens"], row["autopeft_rows"], row["autopeft_width"] = real, rows, width
+            row["autopeft_gflop_per_step"] = step_flops(prepared.loaded.arch, plan, rows, BATCH, width) / 1e9
             record["results"].append(row)
             print(json.dumps(row), flush=True)
     peak = matmul_peak(torch.bfloat16)
