@@ -80,9 +80,11 @@ def test_packing_round_trip_and_no_padding_is_left_alone():
     assert Packing.of(mask, min_padding=0.4) is None  # 4 of 12 positions are padding: less than 40%
 
 
-def test_packing_rounds_rows_up_with_the_first_padding_positions():
+def test_packing_rounds_rows_up_with_the_first_padding_positions(monkeypatch):
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
     x = torch.arange(24.0).view(3, 4, 2)
+    assert Packing.of(mask, multiple=5).tokens == 8  # 10 rows would be more than 75% of the positions: exact
+    monkeypatch.setattr(unpad, "MAX_FILLED_SHARE", 1.0)
     packing = Packing.of(mask, multiple=5)
     assert packing is not None and packing.tokens == 10
     assert packing.index.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]  # filler: flat positions 3 and 5, in order
@@ -90,8 +92,15 @@ def test_packing_rounds_rows_up_with_the_first_padding_positions():
     filled[0, 3] = filled[1, 1] = 1
     torch.testing.assert_close(packing.unpack(packing.pack(x)), x * filled[..., None])
     assert Packing.of(mask, multiple=4).tokens == 8  # already a multiple: no filler
-    assert Packing.of(mask, multiple=7) is None  # 14 rows would be more than the 12 positions: stay padded
-    assert Packing.of(mask, multiple=6) is None  # all 12 positions: nothing saved, stay padded
+
+
+def test_filler_stops_at_the_max_filled_share(monkeypatch):
+    mask = torch.zeros(4, 10, dtype=torch.long)
+    mask[:, :6] = 1  # 24 real of 40 positions
+    assert Packing.of(mask, multiple=16).tokens == 24  # 32 rows = 80% > 75%: the exact count
+    assert Packing.of(mask, multiple=10).tokens == 30  # 75%: filled
+    monkeypatch.setattr(unpad, "MAX_FILLED_SHARE", 0.8)
+    assert Packing.of(mask, multiple=16).tokens == 32
 
 
 def test_the_pack_multiple_is_per_device_type():
