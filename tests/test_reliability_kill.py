@@ -57,6 +57,24 @@ def _command(assets, out: Path, *extra: str) -> list[str]:
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Imported at the start of a search process (Python's sitecustomize hook) where a test must be sure to
+# signal it in the middle of a training: every step then takes at least 50 ms, so a 60-step run takes
+# seconds whatever the machine's speed (a tiny model's retraining once finished in the 0.2 s a test waited).
+SLOW_STEPS = """
+import time
+from autopeft import trial_run
+_step_loss = trial_run.TrialRun.step_loss
+def _slow_step_loss(self, batch):
+    time.sleep(0.05)
+    return _step_loss(self, batch)
+trial_run.TrialRun.step_loss = _slow_step_loss
+"""
+
+
+def slow_steps_env(root: Path) -> dict[str, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sitecustomize.py").write_text(SLOW_STEPS)
+    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), ENV.get("PYTHONPATH"))))}
 
 
 STARTED: list[subprocess.Popen] = []
@@ -75,10 +93,10 @@ def _no_process_left_behind():
 class Search:
     """A search process whose stderr goes to a file we can watch."""
 
-    def __init__(self, command: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.handle = open(log, "w")  # noqa: SIM115 - closed in wait()
-        self.process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=self.handle)
+        self.process = subprocess.Popen(command, env=env or ENV, stdout=subprocess.DEVNULL, stderr=self.handle)
         STARTED.append(self.process)
 
     def text(self) -> str:
@@ -208,7 +226,7 @@ def test_ctrl_c_and_sigkill_mid_rung_and_mid_final_stage_then_the_same_command_f
     finished = _finished(out)
 
     # 3. SIGKILL in the middle of a final-stage retraining
-    search = Search(command, tmp_path / "run3.log")
+    search = Search(command, tmp_path / "run3.log", env=slow_steps_env(tmp_path / "slow"))
     line = search.wait_for(lambda: next((x for x in search.text().splitlines() if "final stage: trial" in x
                                          and ", seed " in x), None), "a final-stage retraining")
     time.sleep(0.2)
