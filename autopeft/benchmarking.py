@@ -49,3 +49,18 @@ def write_results(out: str | Path, record: dict[str, Any], rows: list[dict[str, 
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {out}")
+
+
+def matmul_peak(dtype: Any, n: int = 1024, repeat: int = 20) -> float:
+    """Best GFLOP/s of an n x n matmul on this process's threads (the roofline's compute ceiling)."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9

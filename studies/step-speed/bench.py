@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from autopeft.benchmarking import machine_record, prepare_minilm, study_arguments, write_results
+from autopeft.benchmarking import machine_record, matmul_peak, prepare_minilm, study_arguments, write_results
 
 HERE = Path(__file__).parent
 BATCH, LENGTH = 16, 64
@@ -168,21 +168,6 @@ def profile(side, path: Path, steps: int = 5) -> None:
         for _ in range(steps):
             side.step()
     path.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeat: int = 20) -> float:
-    """Best GFLOP/s of an n x n matmul (the roofline's compute ceiling)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeat))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:

@@ -14,9 +14,12 @@ validation accuracy):
 
 trials/hour = trials / wall time of the phase (setup included). The phases run one after the other,
 so, unlike ``bench.py``, load from other processes is not shared fairly: run it on an idle machine (the
-load averages are recorded).
+load averages are recorded, and so are this machine's 1024² matmul rates on one thread, bf16 and fp32).
 
-    .venv/bin/python studies/trial-throughput/machine.py      # machine.json / machine.csv (~30 min on 2 cores)
+``--pack-multiples 32,1`` runs the autopeft phase once per value of ``autopeft.unpad.PACK_MULTIPLE["cpu"]``
+(fresh workers each time): the first is the result, the others an ablation in the same run.
+
+    .venv/bin/python studies/trial-throughput/machine.py      # machine.json / machine.csv (~20 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -30,16 +33,20 @@ from pathlib import Path
 
 from bench import Naive, autopeft_plan, sample_plans
 
-from autopeft.benchmarking import machine_record, prepare_minilm, study_arguments, write_results
+from autopeft.benchmarking import machine_record, matmul_peak, prepare_minilm, study_arguments, write_results
 
 HERE = Path(__file__).parent
 
 
-def autopeft_worker(plans: list[dict], steps: int, threads: int) -> list[dict]:
+def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: int | None) -> list[dict]:
     """One worker of the autopeft layout: its own session, then its share of the plans."""
     import argparse
 
+    from autopeft import unpad
     from autopeft.train import TrainConfig
+
+    if pack_multiple is not None:
+        unpad.PACK_MULTIPLE["cpu"] = pack_multiple
 
     prepared = prepare_minilm(argparse.Namespace(threads=threads))
     rows = []
@@ -53,13 +60,14 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int) -> list[dict]:
     return rows
 
 
-def run_autopeft(plans: list[dict], steps: int) -> tuple[float, list[dict], tuple[int, int]]:
+def run_autopeft(plans: list[dict], steps: int,
+                 pack_multiple: int | None = None) -> tuple[float, list[dict], tuple[int, int]]:
     from autopeft.threads import resolve_workers
 
     workers, threads = resolve_workers("auto")
     start = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        shares = [pool.submit(autopeft_worker, plans[i::workers], steps, threads) for i in range(workers)]
+        shares = [pool.submit(autopeft_worker, plans[i::workers], steps, threads, pack_multiple) for i in range(workers)]
         rows = [row for share in shares for row in share.result()]
     return time.perf_counter() - start, rows, (workers, threads)
 
@@ -85,14 +93,28 @@ def main() -> None:
     parser = study_arguments(__doc__.splitlines()[0], HERE / "machine.json")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--plans", type=int, default=10)
+    parser.add_argument("--pack-multiples", default=None,
+                        help="comma-separated autopeft.unpad.PACK_MULTIPLE['cpu'] values; default: the library's")
     args = parser.parse_args()
+    import torch
+
+    from autopeft import unpad
     from autopeft.threads import available_cpus
 
     cpus = available_cpus()
     plans = sample_plans(args.plans)
-    record = {"machine": machine_record(), "settings": vars(args)}
+    multiples = [int(m) for m in args.pack_multiples.split(",")] if args.pack_multiples else [None]
+    torch.set_num_threads(1)
+    peaks = {"bf16_matmul_1024_gflops_1_thread": matmul_peak(torch.bfloat16),
+             "fp32_matmul_1024_gflops_1_thread": matmul_peak(torch.float32)}
+    record = {"machine": {**machine_record(), **peaks}, "settings": vars(args)}
     naive_s, naive_rows = run_naive(plans, args.steps, cpus)
-    autopeft_s, autopeft_rows, (workers, threads) = run_autopeft(plans, args.steps)
+    autopeft_s, autopeft_rows, (workers, threads) = run_autopeft(plans, args.steps, multiples[0])
+    ablation = {}
+    for multiple in multiples[1:]:
+        seconds, _, _ = run_autopeft(plans, args.steps, multiple)
+        ablation[f"pack_multiple_{multiple}"] = {"total_s": seconds, "trials_per_hour": 3600 * len(plans) / seconds,
+                                                 "throughput_ratio": naive_s / seconds}
     by_seed = {r["seed"]: r for r in autopeft_rows}
     rows = [{**r, **by_seed[r["seed"]]} for r in naive_rows]
     n = len(rows)
@@ -106,6 +128,8 @@ def main() -> None:
                           "autopeft": statistics.mean(r["autopeft_accuracy"] for r in rows)},
         "mean_accuracy_difference": statistics.mean(differences),
         "stdev_accuracy_difference": statistics.stdev(differences) if n > 1 else None,
+        "pack_multiple": multiples[0] if multiples[0] is not None else unpad.PACK_MULTIPLE["cpu"],
+        "ablation": ablation,
     }
     record["trials"] = rows
     write_results(args.out, record, rows)
