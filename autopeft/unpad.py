@@ -99,20 +99,22 @@ MIN_PADDING = 0.1
 # Packed row counts are rounded up to a multiple of this, per device type. On CPU, torch runs bf16 matmuls
 # through oneDNN, which JIT-compiles a kernel per (M, K, N) shape and keeps ~1,000 of them: with the exact
 # real-token count as M, nearly every step brought new shapes for its ~50 matmuls, and compiling them
-# (and first-touching the memory they took, ~2,500 page faults per step) cost MiniLM's LoRA step ~25%
-# (studies/step-speed/pack_multiple.json). Rounding to 32 leaves a handful of shapes, all cached after a
-# few steps, for at most 31 filler rows (~4% more rows at ~430 real tokens). CUDA keeps tensor-core
-# friendly multiples of 8.
+# (and first-touching the memory they took, ~1,700 page faults per step) cost ~25% of a MiniLM trial's
+# training time (studies/step-speed/pack_multiple.json). Rounding to 32 leaves a handful of shapes, all
+# cached after a few steps, for at most 31 filler rows (~4% more rows at ~430 real tokens). Other devices
+# (CUDA) take tensor-core friendly multiples of 8.
 PACK_MULTIPLE: dict[str, int] = {"cpu": 32}
+DEFAULT_PACK_MULTIPLE = 8
 # Filler stops where the packed rows would pass this share of the positions: the packing's own temporaries
 # (gathers and their gradients) then bring a step's peak memory to the padded step's, which is what the
 # memory estimate bounds (tests/test_memory.py: 89% of the rows measured 4% above it, 75% 0.3% below).
 MAX_FILLED_SHARE = 0.75
-DEFAULT_PACK_MULTIPLE = 8
 
 
 def pack_multiple(device: torch.device) -> int:
+    """The multiple packed row counts are rounded up to on ``device`` (see PACK_MULTIPLE)."""
     return PACK_MULTIPLE.get(device.type, DEFAULT_PACK_MULTIPLE)
+
 
 _ACTIVE: ContextVar[Packing | None] = ContextVar("autopeft_packing", default=None)
 
