@@ -18,6 +18,17 @@ def study_arguments(description: str | None, out: Path) -> argparse.ArgumentPars
     return parser
 
 
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers, e.g. ``32,1``."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers, e.g. 32,1")
+    return values
+
+
 def prepare_minilm(args: argparse.Namespace, max_length: int = 64):
     """Set the threads, silence the libraries' progress output, and prepare MiniLM on Rotten Tomatoes."""
     import datasets

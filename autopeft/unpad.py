@@ -22,8 +22,9 @@ with the real tokens so that n is a multiple of :func:`pack_multiple` (a fixed s
 for oneDNN's kernel cache): they are computed like any row and, like all padding, ignored.
 
 A batch with less than :data:`MIN_PADDING` padding stays padded. Rotary position embeddings (Llama)
-that the model passes into each block as ``(B or 1, T, d)`` tensors are packed the same way. A block whose input is not (B, T) — a soft prompt lengthened the sequence —
-is left padded for the whole forward.
+that the model passes into each block as ``(B or 1, T, d)`` tensors are packed the same way. A block
+whose input is not (B, T) — a soft prompt lengthened the sequence — is left padded for the whole
+forward.
 
 Used only where autopeft's attention runs (``autopeft_*`` implementations, see
 :mod:`autopeft.attention`): the packed q, k, v must be unpacked before attention.

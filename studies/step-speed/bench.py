@@ -194,13 +194,13 @@ def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:
 
 
 def batch_shape(batches) -> tuple[float, float, float]:
-    """Mean real tokens, mean rows the blocks run on (autopeft/unpad.py's packing on CPU) and mean width
-    (padded length) of a batch."""
+    """Mean real tokens, mean rows the blocks run on (autopeft/unpad.py's packing on the batch's device)
+    and mean width (padded length) of a batch."""
     from autopeft.unpad import MIN_PADDING, Packing, pack_multiple
 
     batches = list(batches)
     masks = [b["attention_mask"] for b in batches]
-    packings = [Packing.of(m, MIN_PADDING, pack_multiple(torch.device("cpu"))) for m in masks]
+    packings = [Packing.of(m, MIN_PADDING, pack_multiple(m.device)) for m in masks]
     return (statistics.mean(float(m.sum()) for m in masks),
             statistics.mean(float(m.numel() if p is None else p.tokens) for m, p in zip(masks, packings, strict=True)),
             statistics.mean(float(m.shape[1]) for m in masks))

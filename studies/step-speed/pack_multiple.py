@@ -27,7 +27,13 @@ sys.path.insert(0, str(HERE.parent / "trial-throughput"))
 
 from bench import autopeft_plan, sample_plans  # noqa: E402
 
-from autopeft.benchmarking import machine_record, prepare_minilm, study_arguments, write_results  # noqa: E402
+from autopeft.benchmarking import (  # noqa: E402
+    machine_record,
+    positive_ints,
+    prepare_minilm,
+    study_arguments,
+    write_results,
+)
 
 
 def _faults() -> int:
@@ -59,12 +65,12 @@ def run_process(args, multiple: int, repeat: int) -> list[dict]:
 
 def main() -> None:
     parser = study_arguments(__doc__.splitlines()[0], HERE / "pack_multiple.json")
-    parser.add_argument("--multiples", default="1,16,32,64")
+    parser.add_argument("--multiples", type=positive_ints, default=[1, 16, 32, 64])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    multiples = [int(m) for m in args.multiples.split(",")]
+    multiples = args.multiples
     record = {"machine": machine_record(), "settings": vars(args)}
     rows: list[dict] = []
     context = multiprocessing.get_context("spawn")

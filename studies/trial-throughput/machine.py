@@ -33,20 +33,26 @@ from pathlib import Path
 
 from bench import Naive, autopeft_plan, sample_plans
 
-from autopeft.benchmarking import machine_record, matmul_peak, prepare_minilm, study_arguments, write_results
+from autopeft.benchmarking import (
+    machine_record,
+    matmul_peak,
+    positive_ints,
+    prepare_minilm,
+    study_arguments,
+    write_results,
+)
 
 HERE = Path(__file__).parent
 
 
-def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: int | None) -> list[dict]:
+def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: int) -> list[dict]:
     """One worker of the autopeft layout: its own session, then its share of the plans."""
     import argparse
 
     from autopeft import unpad
     from autopeft.train import TrainConfig
 
-    if pack_multiple is not None:
-        unpad.PACK_MULTIPLE["cpu"] = pack_multiple
+    unpad.PACK_MULTIPLE["cpu"] = pack_multiple
 
     prepared = prepare_minilm(argparse.Namespace(threads=threads))
     rows = []
@@ -60,8 +66,7 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: 
     return rows
 
 
-def run_autopeft(plans: list[dict], steps: int,
-                 pack_multiple: int | None = None) -> tuple[float, list[dict], tuple[int, int]]:
+def run_autopeft(plans: list[dict], steps: int, pack_multiple: int) -> tuple[float, list[dict], tuple[int, int]]:
     from autopeft.threads import resolve_workers
 
     workers, threads = resolve_workers("auto")
@@ -93,7 +98,7 @@ def main() -> None:
     parser = study_arguments(__doc__.splitlines()[0], HERE / "machine.json")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--plans", type=int, default=10)
-    parser.add_argument("--pack-multiples", default=None,
+    parser.add_argument("--pack-multiples", type=positive_ints, default=None,
                         help="comma-separated autopeft.unpad.PACK_MULTIPLE['cpu'] values; default: the library's")
     args = parser.parse_args()
     import torch
@@ -103,7 +108,7 @@ def main() -> None:
 
     cpus = available_cpus()
     plans = sample_plans(args.plans)
-    multiples = [int(m) for m in args.pack_multiples.split(",")] if args.pack_multiples else [None]
+    multiples = args.pack_multiples or [unpad.PACK_MULTIPLE["cpu"]]
     torch.set_num_threads(1)
     peaks = {"bf16_matmul_1024_gflops_1_thread": matmul_peak(torch.bfloat16),
              "fp32_matmul_1024_gflops_1_thread": matmul_peak(torch.float32)}
@@ -128,7 +133,7 @@ def main() -> None:
                           "autopeft": statistics.mean(r["autopeft_accuracy"] for r in rows)},
         "mean_accuracy_difference": statistics.mean(differences),
         "stdev_accuracy_difference": statistics.stdev(differences) if n > 1 else None,
-        "pack_multiple": multiples[0] if multiples[0] is not None else unpad.PACK_MULTIPLE["cpu"],
+        "pack_multiple": multiples[0],
         "ablation": ablation,
     }
     record["trials"] = rows
