@@ -108,7 +108,8 @@ PACK_MULTIPLE: dict[str, int] = {"cpu": 32}
 DEFAULT_PACK_MULTIPLE = 8
 # Filler stops where the packed rows would pass this share of the positions: the packing's own temporaries
 # (gathers and their gradients) then bring a step's peak memory to the padded step's, which is what the
-# memory estimate bounds (tests/test_memory.py: 89% of the rows measured 4% above it, 75% 0.3% below).
+# memory estimate bounds (tests/test_memory.py's padding-free step: uncapped, its 89% of the rows measured
+# 4% above the estimate; capped at 75%, it stays below).
 MAX_FILLED_SHARE = 0.75
 
 
