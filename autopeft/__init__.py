@@ -10,24 +10,41 @@ Python API (the CLI is built on the same pieces; see :mod:`autopeft.api` and the
     handle.remove()                        # the base model is bitwise what it was
     handle = autopeft.load_adapter(model, "my-adapter")  # refuses an adapter made for another base model
     study = autopeft.search(budget="0.5%", trials=12, out="runs/rt")   # = autopeft search ...
+
+The names are resolved on first use (PEP 562), so ``import autopeft`` -- and with it ``autopeft --help``
+-- does not import torch or transformers.
 """
 
-from autopeft.api import apply, load_adapter, save_adapter
-from autopeft.errors import UserError
-from autopeft.inject import InjectionHandle
-from autopeft.plan import Plan, PlanEntry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "apply": "autopeft.peft.adapters", "load_adapter": "autopeft.peft.adapters",
+    "save_adapter": "autopeft.peft.adapters",
+    "search": "autopeft.api", "UserError": "autopeft.core.errors", "InjectionHandle": "autopeft.peft.inject",
+    "Plan": "autopeft.peft.plan", "PlanEntry": "autopeft.peft.plan",
+}
 
-def __getattr__(name: str):
-    # `autopeft.search` is the submodule, made callable as autopeft.api.search (see api.make_callable):
-    # importing the submodule anywhere would replace a plain function attribute of that name
-    if name == "search":
-        import importlib
+if TYPE_CHECKING:
+    from autopeft.api import search
+    from autopeft.core.errors import UserError
+    from autopeft.peft.adapters import apply, load_adapter, save_adapter
+    from autopeft.peft.inject import InjectionHandle
+    from autopeft.peft.plan import Plan, PlanEntry
 
-        return importlib.import_module("autopeft.search")
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'autopeft' has no attribute {name!r}")
+
 
 __all__ = ["InjectionHandle", "Plan", "PlanEntry", "UserError", "__version__", "apply", "load_adapter",
            "save_adapter", "search"]

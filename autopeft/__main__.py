@@ -1,5 +1,5 @@
 import sys
 
-from autopeft.cli import main
+from autopeft.cli.main import main
 
 sys.exit(main())

@@ -39,13 +39,14 @@ def prepare_minilm(args: argparse.Namespace, max_length: int = 64):
         torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    from autopeft.pipeline import DataOptions, prepare
+    from autopeft.training.options import DataOptions
+    from autopeft.training.pipeline import prepare
 
     return prepare(DataOptions(model="minilm", dataset="rotten_tomatoes", max_length=max_length))
 
 
 def machine_record() -> dict[str, Any]:
-    from autopeft.study import StudyFiles
+    from autopeft.study.files import StudyFiles
 
     return {**StudyFiles.machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": os.getloadavg()}
 

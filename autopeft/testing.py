@@ -80,7 +80,7 @@ def save_tiny_bert(folder) -> str:
     """A tiny random BERT classifier with MiniLM's tokenizer, saved as a local model folder (for CLI tests)."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from autopeft.models import resolve_model
+    from autopeft.training.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
     torch.manual_seed(0)

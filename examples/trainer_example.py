@@ -29,10 +29,10 @@ from transformers import (
 )
 
 import autopeft
-from autopeft.data import load_task_data
-from autopeft.models import resolve_model
-from autopeft.pipeline import DataOptions
-from autopeft.plan_source import resolve_plan_source
+from autopeft.study.plan_source import resolve_plan_source
+from autopeft.training.data import load_task_data
+from autopeft.training.models import resolve_model
+from autopeft.training.options import DataOptions
 
 
 def main(argv: list[str] | None = None) -> dict:

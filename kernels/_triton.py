@@ -26,7 +26,7 @@ from types import ModuleType
 
 import torch
 
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
 from autopeft.kernels import _triton
 from autopeft.kernels.bottleneck_adapter import reference as adapter_reference
 from autopeft.kernels.bottleneck_adapter.function import BottleneckFunction

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
-from autopeft.errors import UserError
+from autopeft.core.arch import LinearSite, ModelArch
+from autopeft.core.errors import UserError
 from autopeft.methods.base import Placement, positive, register
 
 

@@ -11,7 +11,7 @@ A method is a typed config (a frozen dataclass), an exact parameter count comput
   autopeft's attention function: ``module.key_value(attention_mask)`` gives the prefix key/values.
 - ``Placement.INPUT``: a model-level module (site ``input``; the entry's layers are ignored) whose
   ``forward()`` gives (P, d) virtual-token embeddings prepended to the input embeddings
-  (``autopeft.prompting``); nothing else in the model or the trainer knows about them.
+  (``autopeft.peft.prompting``); nothing else in the model or the trainer knows about them.
 - ``Placement.NORM``: an output transform, as for LINEAR, of a block's norm (sites ``ln_attn``, ``ln_mlp``).
 
 Optional module members the injector honours: ``bind(base, site)`` (receives the frozen module it acts
@@ -33,8 +33,8 @@ from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, get_t
 import torch.nn as nn
 from torch import Tensor
 
-from autopeft.arch import LinearSite, ModelArch
-from autopeft.errors import UserError
+from autopeft.core.arch import LinearSite, ModelArch
+from autopeft.core.errors import UserError
 
 
 class Placement(enum.Enum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
+from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import NoConfig, Placement, register
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
-from autopeft.errors import UserError
+from autopeft.core.arch import LinearSite, ModelArch
+from autopeft.core.errors import UserError
 from autopeft.methods.base import Placement, register
 from autopeft.methods.lora import LoRAConfig, LoRADelta
-from autopeft.quantize import dequantized_weight, is_quantized
+from autopeft.peft.quantize import dequantized_weight, is_quantized
 
 
 def site_weight(base: nn.Module, site: LinearSite) -> tuple[torch.Tensor, torch.Tensor | None]:

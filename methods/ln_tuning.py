@@ -1,6 +1,6 @@
 """LN tuning (Zhao et al., 2023, "Tuning LayerNorm in attention"): train the norms' scale and shift.
 
-On a norm site (``ln_attn``: the attention's norm; ``ln_mlp``: the MLP's; see ``autopeft.arch``) the
+On a norm site (``ln_attn``: the attention's norm; ``ln_mlp``: the MLP's; see ``autopeft.core.arch``) the
 norm runs with its weight and bias shifted by trainable deltas,
 
     LN(x; w + dw, b + db),   dw = db = 0 at init
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from autopeft.arch import NORM_SITES, ModelArch, NormSite
+from autopeft.core.arch import NORM_SITES, ModelArch, NormSite
 from autopeft.methods.base import NoConfig, Placement, register
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from autopeft import kernels
-from autopeft.arch import LinearSite, ModelArch
+from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import Placement, positive, register
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
+from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.adapter import Activation, BottleneckAdapter
 from autopeft.methods.base import Placement, positive, register
 
@@ -44,7 +44,7 @@ class ParallelAdapter(BottleneckAdapter):
         self._input = x
 
     def select_captured(self, select) -> None:
-        """Narrow a captured input to the rows the sublayer's output keeps (autopeft/head_rows.py)."""
+        """Narrow a captured input to the rows the sublayer's output keeps (autopeft/training/fastpath/head_rows.py)."""
         if self._input is not None:
             self._input = select(self._input)
 

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
-from autopeft.attention import real_tokens
+from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import Placement, positive, register
-from autopeft.unpad import active_packing
+from autopeft.peft.attention import real_tokens
+from autopeft.peft.unpad import active_packing
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class PrefixKV(nn.Module):
         x, self._input = self._input, None
         assert x is not None, "gated prefix: the attention's input was not captured"
         packing = active_packing()
-        if packing is not None:  # padding-free blocks (autopeft/unpad.py): back to (B, T, H) for the mean
+        if packing is not None:  # padding-free blocks (autopeft/peft/unpad.py): back to (B, T, H) for the mean
             x = packing.unpack(x)
         scores = torch.sigmoid(self.gate(x.to(self.gate.weight.dtype))).squeeze(-1)  # (B, T)
         real = real_tokens(attention_mask)

@@ -1,7 +1,7 @@
 """Prompt tuning (Lester et al., 2021): a trainable soft prompt prepended to the input embeddings.
 
 P virtual-token embeddings Z (P, d) are put in front of the embedded input, [Z ; E(x)] (B, P + T, d),
-and the model runs on P + T positions (machinery and position conventions: ``autopeft.prompting``;
+and the model runs on P + T positions (machinery and position conventions: ``autopeft.peft.prompting``;
 the virtual positions are dropped after the last block, so heads and LM logits see T positions).
 Site ``input``; the plan entry's layers do not apply. Parameters: P * d.
 
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from autopeft.arch import INPUT_SITE, ModelArch
+from autopeft.core.arch import INPUT_SITE, ModelArch
 from autopeft.methods.base import Placement, positive, register
 
 

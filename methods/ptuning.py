@@ -1,7 +1,7 @@
 """P-tuning (Liu et al., 2021, "GPT understands, too"): virtual tokens produced by a prompt encoder.
 
 P trainable embeddings E (P, d), E ~ N(0, 1), go through an encoder whose output Z (P, d) is prepended to the input
-embeddings like a soft prompt (``autopeft.prompting``; site ``input``, the entry's layers do not apply):
+embeddings like a soft prompt (``autopeft.peft.prompting``; site ``input``, the entry's layers do not apply):
 
 - ``mlp``:  Z = W_3 relu(W_2 relu(W_1 E^T + b_1) + b_2) + b_3,  W_1: (m, d), W_2: (m, m), W_3: (d, m)
 - ``lstm``: Z = MLP(BiLSTM_2(E)),  a 2-layer bidirectional LSTM of hidden size m, then
@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from autopeft.arch import INPUT_SITE, ModelArch
+from autopeft.core.arch import INPUT_SITE, ModelArch
 from autopeft.methods.base import Placement, positive, register
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autopeft.arch import LinearSite, ModelArch
+from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import Placement, positive, register
 
 

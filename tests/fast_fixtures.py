@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autopeft.arch import arch_from_config
-from autopeft.data import TokenizedSplit
+from autopeft.core.arch import arch_from_config
 from autopeft.testing import tiny_model
-from autopeft.train import Session
+from autopeft.training.data import TokenizedSplit
+from autopeft.training.session import Session
+from autopeft.training.trial_run import start_run
 
 
 @pytest.fixture(autouse=False)
@@ -70,14 +71,14 @@ def base_state(session: Session) -> dict[str, torch.Tensor]:
 def first_step(session: Session, plan, config, probe: nn.Module):
     """Step 0 through the trainer's code path: (loss, gradients, the (dim 0, dim 1) shapes of ``probe``'s
     first input on each call, the batch)."""
-    from autopeft.unpad import active_packing
+    from autopeft.peft.unpad import active_packing
 
     shapes: list[torch.Size] = []
     hook = probe.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
         with_kwargs=True)
     try:
-        with session.start(plan, config) as run:
+        with start_run(session, plan, config) as run:
             batch = next(session.train_batches(config))
             session.model.train()
             loss, regularization = run.step_loss(batch)

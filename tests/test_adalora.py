@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autopeft.arch import arch_from_config
-from autopeft.data import TokenizedSplit
-from autopeft.errors import UserError
-from autopeft.inject import inject
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
 from autopeft.methods.adalora import AdaLoRAConfig, RankBudget, SVDDelta
-from autopeft.plan import Plan, PlanEntry
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_batch, tiny_model
-from autopeft.train import Session, TrainConfig
+from autopeft.training.config import TrainConfig
+from autopeft.training.data import TokenizedSplit
+from autopeft.training.session import Session
+from autopeft.training.trial_run import train_plan
 
 PLAN = Plan((PlanEntry("adalora", (0, 1, 2), ("q", "v", "down"), {"init_r": 4, "target_r": 2}),))
 
@@ -97,7 +99,7 @@ def test_trainer_calls_the_hooks():
     model = tiny_model("bert", num_labels=2)
     session = Session(model, arch_from_config(model.config), "classification",
                       {"train": split, "validation": split, "test": split}, pad_token_id=0)
-    outcome = session.run(PLAN, TrainConfig(steps=12, batch_size=8, lr=1e-2, precision="fp32"))
+    outcome = train_plan(session, PLAN, TrainConfig(steps=12, batch_size=8, lr=1e-2, precision="fp32"))
     masks = [v for k, v in outcome.state.items() if k.endswith("rank_mask")]
     assert len(masks) == 9 and sum(int(m.sum()) for m in masks) == 9 * 2
     values = [v for k, v in outcome.state.items() if k.endswith("lora_E")]

@@ -1,5 +1,5 @@
 """The Python API: documented examples run, adapters save/load and refuse other base models, and
-``autopeft.search`` mirrors ``autopeft search`` through the CLI's own parser."""
+``autopeft.searching.run`` mirrors ``autopeft search`` through the CLI's own parser."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from tiny_assets import randomize, tiny_csv, tiny_model_dir
 
 import autopeft
 import autopeft.api
-from autopeft.cli import build_parser, main
+from autopeft.cli.main import build_parser, main
+from autopeft.searching.options import SEARCH_OPTIONS
 from autopeft.testing import tiny_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,17 +99,19 @@ def _wider_bert():
 
 def test_search_mirrors_the_cli_parser(tmp_path):
     options = autopeft.api.search_options()
-    sub = next(a for a in build_parser()._subparsers._group_actions if hasattr(a, "choices")).choices["search"]
-    cli = {a.dest: a.default for a in sub._actions if a.option_strings and a.dest != "help"}
-    assert options == cli and {"budget", "time_budget", "trials", "space", "quiet"} <= set(options)
-    argv = autopeft.api._argv(sub, {"budget": "1%", "time_budget": "20m", "quiet": True, "trials": 3, "seed": None})
-    assert argv == ["--budget", "1%", "--time-budget", "20m", "--quiet", "--trials", "3"]
-    assert build_parser().parse_args(["search", *argv]).time_budget == "20m"
+    cli = vars(build_parser().parse_args(["search"]))
+    assert options == {k: v for k, v in cli.items() if k not in ("command", "handler", "verbose")}
+    assert {"budget", "time_budget", "trials", "space", "quiet"} <= set(options)
+    given = {"budget": "1%", "time_budget": "20m", "quiet": True, "trials": 3, "seed": None}
+    parsed = vars(build_parser().parse_args(["search", "--budget", "1%", "--time-budget", "20m", "--quiet",
+                                             "--trials", "3"]))
+    assert SEARCH_OPTIONS.resolve(given, "search") == {k: parsed[k] for k in options}
+    assert SEARCH_OPTIONS.resolve({"max_steps": "90"}, "search")["steps"] == 90  # --max-steps = --steps
     with pytest.raises(TypeError, match="unknown option.*'bugdet'"):
         autopeft.search(bugdet="1%")
     with pytest.raises(autopeft.UserError, match="invalid int value: 'many'"):
         autopeft.search(trials="many", out=str(tmp_path / "s"))
-    with pytest.raises(autopeft.UserError, match="is not a budget"):  # the command itself ran and refused
+    with pytest.raises(autopeft.UserError, match="is not a budget"):  # the search itself ran and refused
         autopeft.search(budget="abc", out=str(tmp_path / "s"))
 
 
@@ -156,7 +159,7 @@ def test_trainer_example_runs(tmp_path, capsys):
 
 
 def arch_of(model_dir):
-    from autopeft.arch import arch_from_config
-    from autopeft.models import load_config
+    from autopeft.core.arch import arch_from_config
+    from autopeft.training.models import load_config
 
     return arch_from_config(load_config(str(model_dir)))

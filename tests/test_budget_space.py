@@ -2,8 +2,8 @@
 
 import pytest
 
-from autopeft.budget import parse_budget
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
+from autopeft.core.units import parse_budget
 
 
 @pytest.mark.parametrize(("text", "expected"), [

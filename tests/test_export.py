@@ -10,12 +10,12 @@ import torch
 from peft import PeftModel
 from tiny_assets import randomize, tiny_model_dir
 
-from autopeft.artifacts import save_adapter
-from autopeft.cli import main
-from autopeft.inject import inject
-from autopeft.models import load_model
-from autopeft.plan import Plan, PlanEntry
+from autopeft.cli.main import main
+from autopeft.peft.artifacts import save_adapter
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_batch
+from autopeft.training.models import load_model
 
 LABELS = ["neg", "pos"]
 

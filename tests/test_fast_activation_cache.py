@@ -6,10 +6,11 @@ import pytest
 import torch
 from fast_fixtures import one_thread, toy_session
 
-from autopeft.activation_cache import ActivationCache, first_trained_layer
-from autopeft.plan import Plan, PlanEntry
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import TINY_FAMILIES
-from autopeft.train import TrainConfig
+from autopeft.training.config import TrainConfig
+from autopeft.training.fastpath.activation_cache import ActivationCache, first_trained_layer
+from autopeft.training.trial_run import resume_run, start_run, train_plan
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 TOP = Plan((PlanEntry("lora", (1, 2), ("q", "v"), {"r": 2}), PlanEntry("prefix", (2,), ("attn",), {"length": 3})))
@@ -20,7 +21,7 @@ def _grads_of_first_step(session, plan, config):
     calls = []
     hook = session.arch.blocks(session.model)[0].register_forward_hook(lambda *a: calls.append(1))
     try:
-        with session.start(plan, config) as run:
+        with start_run(session, plan, config) as run:
             batch = next(session.train_batches(config))
             width = batch["input_ids"].shape[1]
             session.model.train()
@@ -52,7 +53,7 @@ def test_losses_and_gradients_equal_without_cache(family, task):
     for name in grads_p:
         torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-4, atol=1e-6)
     # whole runs (several steps, epochs, cache hits) agree too
-    a, b = session.run(plan, cached), session.run(plan, plain)
+    a, b = train_plan(session, plan, cached), train_plan(session, plan, plain)
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
     for name in a.state:
         torch.testing.assert_close(a.state[name], b.state[name], rtol=1e-4, atol=1e-5)
@@ -62,7 +63,7 @@ def test_losses_and_gradients_equal_without_cache(family, task):
 def test_cached_evaluation_is_bitwise_the_uncached_one(precision):
     session = toy_session("llama")
     config = TrainConfig(steps=4, batch_size=8, precision=precision, eval_batch_size=7)
-    outcome = session.run(TOP, config)
+    outcome = train_plan(session, TOP, config)
     off = TrainConfig(**{**config.__dict__, "prefix_cache": "off"})
     for split in ("validation", "test"):
         with_cache = session.evaluate_adapter(TOP, outcome.state, split, config)
@@ -75,17 +76,17 @@ def test_cached_evaluation_is_bitwise_the_uncached_one(precision):
 def test_runs_do_not_depend_on_what_is_cached_and_resume_bitwise(tmp_path):
     """A miss and a hit give the same values (canonical chunks): a small cap, a cleared cache, a
     resumed run all reproduce the uninterrupted run bitwise."""
-    from autopeft.trial_run import Checkpoint
+    from autopeft.training.trial_run import Checkpoint
 
     session = toy_session("bert")
     config = TrainConfig(steps=14, batch_size=8, lr=1e-2, precision="bf16", seed=4)
-    whole = session.run(TOP, config)
+    whole = train_plan(session, TOP, config)
     assert session.activations.misses > 0 and session.activations.hits > 0
-    with session.start(TOP, config) as run:
+    with start_run(session, TOP, config) as run:
         run.advance(6)
         run.checkpoint().save(tmp_path / "ckpt.safetensors")
     session.activations = ActivationCache(max_bytes=20_000)  # a few chunks at most: evictions
-    with session.resume(TOP, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
+    with resume_run(session, TOP, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
         run.advance(14)
         pieces = run.outcome(run.evaluate("validation"))
     assert session.activations.nbytes <= 20_000
@@ -125,7 +126,7 @@ def test_head_only_plan_uses_the_cache_and_matches():
     session = toy_session("distilbert", dropout=False)
     cached = TrainConfig(steps=5, batch_size=8, precision="fp32", prefix_cache="fp32", lr=1e-2)
     plain = TrainConfig(steps=5, batch_size=8, precision="fp32", prefix_cache="off", lr=1e-2)
-    a, b = session.run(Plan(()), cached), session.run(Plan(()), plain)
+    a, b = train_plan(session, Plan(()), cached), train_plan(session, Plan(()), plain)
     assert session.activations.misses > 0
     for name in a.state:
         torch.testing.assert_close(a.state[name], b.state[name], rtol=1e-4, atol=1e-5)

@@ -7,8 +7,8 @@ import datasets
 import pytest
 from tiny_assets import WORDS, tiny_tokenizer
 
-from autopeft.data import tokenize_split
-from autopeft.token_cache import cached_tokenize
+from autopeft.training.data import tokenize_split
+from autopeft.training.token_cache import cached_tokenize
 
 
 class CountingTokenizer:

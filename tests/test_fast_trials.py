@@ -10,11 +10,12 @@ import pytest
 import torch
 from fast_fixtures import base_state, one_thread, toy_session
 
-from autopeft.errors import UserError
-from autopeft.inject import head_parameters
-from autopeft.plan import Plan, PlanEntry
-from autopeft.threads import AUTO_THREADS_PER_WORKER, resolve_workers
-from autopeft.train import TrainConfig
+from autopeft.core.errors import UserError
+from autopeft.peft.inject import head_parameters
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.searching.threads import AUTO_THREADS_PER_WORKER, resolve_workers
+from autopeft.training.config import TrainConfig
+from autopeft.training.trial_run import start_run, train_plan
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -48,7 +49,7 @@ def test_base_is_bitwise_unchanged_after_100_varied_trials(family):
         config = TrainConfig(steps=rng.randint(1, 2), batch_size=8, lr=1e-2, seed=trial, eval_batch_size=16,
                              precision=rng.choice(["bf16", "fp32"]), prefix_cache=rng.choice(["bf16", "fp32", "off"]),
                              bucket_by_length=rng.random() < 0.5)
-        session.run(plan, config)
+        train_plan(session, plan, config)
     after = session.model.state_dict()
     assert set(after) == set(before)
     head = set(head_parameters(session.model))  # the task head is re-initialised (seeded) by every trial
@@ -67,10 +68,10 @@ def test_bf16_weights_cast_once_equal_autocast_bitwise():
     session = toy_session("gpt2")  # GPT-2's Conv1D projections are swapped too
     plan = Plan((PlanEntry("lora", (0, 1, 2), ("q", "v"), {"r": 2}), PlanEntry("adapter", (1,), ("down",), {"size": 4})))
     config = TrainConfig(steps=6, batch_size=8, lr=1e-2, precision="bf16", prefix_cache="off")
-    swapped = session.run(plan, config)
+    swapped = train_plan(session, plan, config)
     assert session.frozen.nbytes() > 0
     session.frozen.cast = lambda enabled=True: nullcontext()  # plain autocast: casts on every call
-    plain = session.run(plan, config)
+    plain = train_plan(session, plan, config)
     assert swapped.validation.values == plain.validation.values
     assert all(torch.equal(swapped.state[k], plain.state[k]) for k in plain.state)
     assert swapped.train_loss == plain.train_loss
@@ -82,7 +83,7 @@ def test_frozen_weights_are_fp32_outside_and_bf16_inside():
     with session.frozen.cast(True):  # outside a trial nothing is frozen: nothing is swapped
         assert block.attention.self.query.weight.dtype == torch.float32
     plan = Plan((PlanEntry("dora", (0,), ("q",), {"r": 2}),))
-    with session.start(plan, TrainConfig()):
+    with start_run(session, plan, TrainConfig()):
         with session.frozen.cast(True):
             assert block.attention.self.key.weight.dtype == torch.bfloat16
             assert block.attention.self.query.base.weight.dtype == torch.float32  # DoRA reads it: kept fp32
@@ -132,7 +133,7 @@ def test_resolve_workers():
 def test_fast_dropout_rate_scale_gradient_and_seed():
     import torch.nn.functional as F
 
-    from autopeft.step_kernels import CpuStepKernels
+    from autopeft.training.fastpath.step_kernels import CpuStepKernels
 
     x = torch.ones(200_000, requires_grad=True)
     torch.manual_seed(0)
@@ -157,7 +158,7 @@ def test_bf16_softmax_matches_torch_values_and_gradients():
     """The CPU step's bf16 softmax (through the fp32 kernel) matches torch's bf16 softmax, forward and backward."""
     import torch.nn.functional as F
 
-    from autopeft.step_kernels import CpuStepKernels
+    from autopeft.training.fastpath.step_kernels import CpuStepKernels
 
     torch.manual_seed(0)
     for width in (7, 47, 64):

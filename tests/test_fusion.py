@@ -7,12 +7,19 @@ import json
 import pytest
 import torch
 
-from autopeft.artifacts import save_adapter
-from autopeft.cli import main
-from autopeft.errors import UserError
-from autopeft.fusion import FusionLayer, fuse, fusion_state, load_sources, source_state, sources_from_saved
-from autopeft.inject import inject
-from autopeft.plan import Plan, PlanEntry
+from autopeft.cli.main import main
+from autopeft.core.errors import UserError
+from autopeft.peft.artifacts import save_adapter
+from autopeft.peft.fusion import (
+    FusionLayer,
+    fuse,
+    fusion_state,
+    load_sources,
+    source_state,
+    sources_from_saved,
+)
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import save_tiny_bert, tiny_batch, tiny_model, write_toy_csv
 
 LORA = Plan((PlanEntry("lora", (0, 1), ("q", "v"), {"r": 2}),))
@@ -124,7 +131,7 @@ def test_what_cannot_be_fused_is_refused(tmp_path):
 
 
 def handle_arch(model):
-    from autopeft.arch import arch_from_config
+    from autopeft.core.arch import arch_from_config
 
     return arch_from_config(model.config)
 

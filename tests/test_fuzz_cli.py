@@ -1,6 +1,6 @@
 """Fuzzing the command line: random user input ends in exit code 2 and one error line, never a traceback.
 
-Each example runs ``autopeft.cli.main`` in-process (a traceback would be an uncaught exception and fail
+Each example runs ``autopeft.cli.main.main`` in-process (a traceback would be an uncaught exception and fail
 the test). Inputs are aimed at the parts a user types or hands over: budgets, durations, plan files,
 adapter directories, method options, layer and site lists. A syntactically valid value lets the command
 go on until it meets the nonexistent dataset, which must also be a one-line error.
@@ -17,7 +17,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autopeft.cli import main
+from autopeft.cli.main import main
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MISSING_DATA = "/nonexistent/autopeft-fuzz.csv"

@@ -1,4 +1,4 @@
-"""Head rows only (autopeft/head_rows.py): a token-0 classifier's last block runs its post-attention work on
+"""Head rows only (autopeft/training/fastpath/head_rows.py): a token-0 classifier's last block runs its post-attention work on
 token 0 only, with the same losses, gradients and predictions, for every method, in both block layouts."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import torch
 from fast_fixtures import first_step, one_thread, toy_session
 from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
 
-from autopeft.head_rows import head_rows_only, head_rows_supported
-from autopeft.inject import inject
-from autopeft.plan import Plan
-from autopeft.train import TrainConfig
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan
+from autopeft.training.config import TrainConfig
+from autopeft.training.fastpath.head_rows import head_rows_only, head_rows_supported
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 BERT_CASES = [(m, f, t) for m, f, t in CASES if f == "bert"]
@@ -52,7 +52,7 @@ def test_hybrid_plans_train_the_same_on_the_head_rows(plan, unpad):
 
 def test_parallel_adapter_beside_attention_in_the_last_block_sees_the_head_rows():
     """Its input is captured before the selection (N rows) and is narrowed with the block's rows."""
-    from autopeft.plan import PlanEntry
+    from autopeft.peft.plan import PlanEntry
 
     plan = Plan((PlanEntry("parallel_adapter", (2,), ("o",), {"size": 3, "scaling": 4.0}),))
     for unpad in (True, False):

@@ -19,12 +19,12 @@ from optuna.trial import TrialState
 from rich.console import Console
 from tiny_assets import tiny_csv, tiny_model_dir
 
-from autopeft.arch import arch_from_config
-from autopeft.cli import main
-from autopeft.plan import Plan, PlanEntry
-from autopeft.plan_picture import plan_cells
-from autopeft.progress import Reporter
-from autopeft.study_view import hypervolume_2d, load_study_view
+from autopeft.cli.main import main
+from autopeft.core.arch import arch_from_config
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.report.plan_picture import plan_cells
+from autopeft.searching.progress import Reporter
+from autopeft.study.view import hypervolume_2d, load_study_view
 from autopeft.testing import tiny_config
 
 ARCH = arch_from_config(tiny_config("bert", 2))
@@ -269,8 +269,8 @@ def test_real_tiny_study_inspect_export_retrain(tmp_path, capsys):
 def test_plan_sources_and_inherited_training_options(study, model_dir):
     import argparse
 
-    from autopeft.commands.train import inherit
-    from autopeft.plan_source import resolve_plan_source
+    from autopeft.cli.commands.train import inherit
+    from autopeft.study.plan_source import resolve_plan_source
 
     source = resolve_plan_source(f"{study}:1")
     assert source.plan == LORA2 and source.model == str(model_dir) and source.train["lr"] == 0.002

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from autopeft import kernels
-from autopeft.errors import UserError
-from autopeft.inject import inject
-from autopeft.plan import Plan, PlanEntry
+from autopeft.core.errors import UserError
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_batch, tiny_model
 
 BATCH, SEQ, HIDDEN, OUT, RANK = 3, 17, 40, 56, 3

@@ -5,11 +5,12 @@ import time
 
 import pytest
 
-from autopeft.arch import arch_from_config
-from autopeft.errors import UserError
-from autopeft.memory import MemorySettings, estimate_memory, estimate_plan_bytes, parse_memory
-from autopeft.memory_measure import measure_training_step
-from autopeft.plan import Plan
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
+from autopeft.core.units import parse_memory
+from autopeft.memory.estimate import MemorySettings, estimate_memory, estimate_plan_bytes
+from autopeft.memory.measure import measure_training_step
+from autopeft.peft.plan import Plan
 from autopeft.testing import tiny_config, tiny_model
 
 
@@ -113,7 +114,7 @@ def test_parse_memory_rejects_malformed_values(text):
     (["--plan", "p.json", "--batch-size", "0"], "--batch-size"),
 ])
 def test_cli_errors_are_one_line(capsys, args, message):
-    from autopeft.cli import main
+    from autopeft.cli.main import main
 
     assert main(["estimate", *args]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "USDT" not in line]
@@ -121,7 +122,7 @@ def test_cli_errors_are_one_line(capsys, args, message):
 
 
 def test_cli_estimates_a_plan_from_a_config_folder(tmp_path, capsys):
-    from autopeft.cli import main
+    from autopeft.cli.main import main
 
     tiny_config("llama").save_pretrained(tmp_path / "model")
     LORA_ALL.save(tmp_path / "plan.json")
@@ -136,7 +137,7 @@ def test_cli_estimates_a_plan_from_a_config_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_minilm_estimate_is_fast_and_close():
-    from autopeft.models import load_model
+    from autopeft.training.models import load_model
 
     loaded = load_model("minilm", "classification")
     plan = _plan(("lora", [2, 3, 4, 5], ["q", "v"], {"r": 8}), ("prefix", [5], ["attn"], {"length": 8}))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from test_conformance import _outputs, _perturb  # the suite's helpers (tests/ is on sys.path)
 
-from autopeft.commands.methods import method_catalogue
-from autopeft.inject import AdaptedLinear, inject
+from autopeft.cli.commands.methods import method_catalogue
 from autopeft.methods import REGISTRY
 from autopeft.methods.base import merges
-from autopeft.plan import Plan, PlanEntry
+from autopeft.peft.inject import AdaptedLinear, inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_batch, tiny_model
 
 # every mergeable method on the same projections: additive deltas (stage 0), DoRA (stage 1) rescaling

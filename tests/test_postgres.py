@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
-from autopeft.study import normalize_storage_url
+from autopeft.study.files import normalize_storage_url
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from autopeft.errors import UserError
-from autopeft.final_stage import median_seed, pick
-from autopeft.objectives import Objectives, parse_objectives
-from autopeft.promotion import (
+from autopeft.core.errors import UserError
+from autopeft.searching.final_stage import median_seed, pick
+from autopeft.searching.objectives import Objectives, parse_objectives
+from autopeft.searching.promotion import (
     crowding_distances,
     decide,
     dominates,
@@ -15,7 +15,7 @@ from autopeft.promotion import (
     pareto_front,
     pareto_order,
 )
-from autopeft.rungs import default_min_steps, rung_steps
+from autopeft.searching.rungs import default_min_steps, rung_steps
 
 ACC = Objectives(("metric", "params"), greater_is_better=True)
 

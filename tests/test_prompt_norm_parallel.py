@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autopeft.arch import arch_from_config
-from autopeft.cli import main
-from autopeft.errors import UserError
-from autopeft.inject import inject
-from autopeft.plan import Plan, PlanEntry
-from autopeft.presets import PRESETS, preset_plan
+from autopeft.cli.main import main
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.peft.presets import PRESETS, preset_plan
 from autopeft.testing import tiny_batch, tiny_config, tiny_model
 
 
@@ -220,9 +220,10 @@ def test_plan_command_writes_presets_and_input_methods(tmp_path, capsys):
 
 def test_a_resumed_run_keeps_training_the_reparameterisations(tmp_path):
     """Checkpoints hold the MLP / prompt encoder (unfolded); adapter files hold what they produce."""
-    from autopeft.data import TokenizedSplit
-    from autopeft.train import Session, TrainConfig
-    from autopeft.trial_run import Checkpoint
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.data import TokenizedSplit
+    from autopeft.training.session import Session
+    from autopeft.training.trial_run import Checkpoint, resume_run, start_run, train_plan
 
     model = tiny_model("gpt2", "causal-lm")
     g = torch.Generator().manual_seed(0)
@@ -232,13 +233,13 @@ def test_a_resumed_run_keeps_training_the_reparameterisations(tmp_path):
     plan = Plan((PlanEntry("prefix", (1, 2), ("attn",), {"length": 2, "reparam_hidden": 5, "gated": True}),
                  PlanEntry("ptuning", (), ("input",), {"length": 2, "hidden": 4})))
     config = TrainConfig(steps=6, batch_size=4, lr=1e-2, precision="fp32", seed=1)
-    whole = session.run(plan, config)
-    with session.start(plan, config) as run:
+    whole = train_plan(session, plan, config)
+    with start_run(session, plan, config) as run:
         run.advance(3)
         checkpoint = run.checkpoint()
         assert "input.ptuning.embedding" in checkpoint.state and "input.ptuning.prompt" not in checkpoint.state
         checkpoint.save(tmp_path / "ckpt.safetensors")
-    with session.resume(plan, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
+    with resume_run(session, plan, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
         run.advance(6)
         pieces = run.outcome(run.evaluate("validation"))
     assert pieces.validation.values == whole.validation.values

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from autopeft.arch import arch_from_config
-from autopeft.cli import main
-from autopeft.errors import UserError
-from autopeft.inject import inject
+from autopeft.cli.main import main
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
 from autopeft.methods.dora import site_weight
-from autopeft.pipeline import DataOptions
-from autopeft.plan import Plan, PlanEntry
-from autopeft.quantize import dequantized_weight, is_quantized, quantize_model, quantized_linear
+from autopeft.peft.inject import inject
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.peft.quantize import dequantized_weight, is_quantized, quantize_model, quantized_linear
 from autopeft.testing import save_tiny_bert, tiny_batch, tiny_config, tiny_model, write_toy_csv
+from autopeft.training.options import DataOptions
 
 ON_PROJECTIONS = ("lora", "dora", "lora_fa", "vera", "adalora", "ia3", "bitfit", "adapter")
 

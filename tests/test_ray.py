@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
-from autopeft.cli import main
+from autopeft.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -30,20 +30,20 @@ from optuna.trial import TrialState
 from tiny_assets import tiny_csv, tiny_model_dir
 
 import autopeft
-from autopeft.arch import LinearSite, ModelArch, arch_from_config
-from autopeft.artifacts import load_adapter
-from autopeft.cli import main
-from autopeft.commands.common import add_data_options
-from autopeft.errors import UserError
+from autopeft.cli.commands.common import add_data_options
+from autopeft.cli.main import main
+from autopeft.core.arch import LinearSite, ModelArch, arch_from_config
+from autopeft.core.errors import UserError
 from autopeft.methods import REGISTRY
 from autopeft.methods.base import Placement
-from autopeft.pipeline import DataOptions
-from autopeft.plan import Plan
-from autopeft.progress import Reporter
-from autopeft.proposal import propose
-from autopeft.search_settings import SearchSettings
+from autopeft.peft.artifacts import load_adapter
+from autopeft.peft.plan import Plan
+from autopeft.searching.progress import Reporter
+from autopeft.searching.proposal import propose
+from autopeft.searching.settings import SearchSettings
 from autopeft.testing import tiny_model
-from autopeft.train import TrainConfig
+from autopeft.training.config import TrainConfig
+from autopeft.training.options import DataOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_SPACE = """
@@ -149,9 +149,9 @@ class RecordingReporter(Reporter):
 @pytest.fixture(scope="module")
 def fault_study(assets, tmp_path_factory):
     """A search whose queue holds one plan per fault kind, then a good plan: every fault fails its trial only."""
-    from autopeft.backends.local import prepare_study
-    from autopeft.search import run_search
-    from autopeft.search_context import build_context
+    from autopeft.searching.backends.local import prepare_study
+    from autopeft.searching.context import build_context
+    from autopeft.searching.run import run_search
 
     REGISTRY["test_fault"] = FaultMethod()  # type: ignore[assignment]
     try:
@@ -226,7 +226,7 @@ def _running(study: optuna.Study, status: str | None, stamp: dict | None) -> int
 def test_stale_trials_are_found_by_pid_or_heartbeat_and_requeued_or_failed(tmp_path):
     import socket
 
-    from autopeft.liveness import claim_interrupted, is_stale, recover_stale
+    from autopeft.searching.liveness import claim_interrupted, is_stale, recover_stale
 
     # (a SQLite storage, as in a search: Optuna's in-memory storage mis-filters WAITING trials)
     study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path / 'study.db'}")
@@ -262,10 +262,10 @@ def test_stale_trials_are_found_by_pid_or_heartbeat_and_requeued_or_failed(tmp_p
 
 # --- the study lock -----------------------------------------------------------------------------------
 def test_a_second_search_on_the_same_directory_is_refused_until_the_holder_dies(tmp_path):
-    from autopeft.study_lock import StudyLock
+    from autopeft.study.lock import StudyLock
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from autopeft.study_lock import StudyLock;"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from autopeft.study.lock import StudyLock;"
          f"StudyLock(Path({str(tmp_path)!r})).acquire(); print('locked', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -283,7 +283,7 @@ def test_a_second_search_on_the_same_directory_is_refused_until_the_holder_dies(
 # --- the proposal step: forbid rules, invalid plans -----------------------------------------------------
 def _propose(assets, tmp_path, space_text: str, method_of):
     """Enqueue the plan choosing ``method_of(decision name)`` in every unit, and propose it."""
-    from autopeft.search_context import build_context, open_study
+    from autopeft.searching.context import build_context, open_study
 
     (tmp_path / "space.yaml").write_text(space_text)
     settings = SearchSettings(data=DataOptions(model=str(assets["model"]), dataset=str(assets["data"])),
@@ -370,10 +370,10 @@ def test_search_adapters_refuse_a_different_base_model(fault_study, assets, tmp_
 
 # --- Ctrl-C stops at a step boundary -------------------------------------------------------------------
 def test_interrupt_saves_a_checkpoint_at_a_step_boundary_that_resumes_bitwise(assets, tmp_path):
-    from autopeft import interrupt
-    from autopeft.pipeline import prepare
-    from autopeft.rung_run import train_through_rungs
-    from autopeft.trial_run import Checkpoint
+    from autopeft.searching import interrupt
+    from autopeft.searching.rung_run import train_through_rungs
+    from autopeft.training.pipeline import prepare
+    from autopeft.training.trial_run import Checkpoint
 
     prepared = prepare(DataOptions(model=str(assets["model"]), dataset=str(assets["data"])))
     plan = Plan.from_dict({"entries": [{"method": "lora", "layers": [0, 1], "sites": ["q", "v"], "options": {"r": 2}}]})
@@ -524,7 +524,7 @@ def test_every_bad_input_is_one_error_line_with_exit_code_2(fault_study, assets,
 def test_a_tokenizer_without_a_pad_token_is_handled(assets, tmp_path):
     from transformers import AutoTokenizer
 
-    from autopeft.models import load_model
+    from autopeft.training.models import load_model
 
     model_dir = shutil.copytree(assets["model"], tmp_path / "no-pad")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -537,12 +537,12 @@ def test_a_tokenizer_without_a_pad_token_is_handled(assets, tmp_path):
 
 
 def test_a_worker_killed_while_sampling_is_found_dead_at_once_not_after_the_grace_period(tmp_path):
-    from autopeft.liveness import GRACE_S, is_stale
+    from autopeft.searching.liveness import GRACE_S, is_stale
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(directions=["maximize", "minimize"], storage=url, study_name="s")
     # another process claims a trial (as Worker.run does: ask, then stamp at once) and dies before training
-    code = ("import optuna; from autopeft.liveness import stamp_claim; "
+    code = ("import optuna; from autopeft.searching.liveness import stamp_claim; "
             f"s = optuna.load_study(study_name='s', storage='{url}'); t = s.ask(); stamp_claim(s, t._trial_id)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     trial = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]

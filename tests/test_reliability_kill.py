@@ -32,8 +32,8 @@ import torch
 from optuna.trial import TrialState
 from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
-from autopeft.cli import main
-from autopeft.trial_run import Checkpoint
+from autopeft.cli.main import main
+from autopeft.training.trial_run import Checkpoint
 
 pytestmark = pytest.mark.slow
 # rungs 20/30/45/60 (eta 1.5: most plans continue, so there are promoted trials to kill)
@@ -62,7 +62,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # seconds whatever the machine's speed (a tiny model's retraining once finished in the 0.2 s a test waited).
 SLOW_STEPS = """
 import time
-from autopeft import trial_run
+from autopeft.training import trial_run
 _step_loss = trial_run.TrialRun.step_loss
 def _slow_step_loss(self, batch):
     time.sleep(0.05)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
-from autopeft.cli import main
+from autopeft.cli.main import main
 
 
 @pytest.fixture(scope="module")

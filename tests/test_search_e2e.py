@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from autopeft.cli import main
+from autopeft.cli.main import main
 
 pytestmark = pytest.mark.slow
 

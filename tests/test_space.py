@@ -8,9 +8,9 @@ import optuna
 import pytest
 from transformers import BertConfig
 
-from autopeft.arch import arch_from_config
-from autopeft.errors import UserError
-from autopeft.plan import Plan, PlanEntry
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.space import Groups, list_presets, load_space, parse_selection, parse_space, stats
 from autopeft.space.layers import SelectionError
 from autopeft.space.to_optuna import branch_distributions

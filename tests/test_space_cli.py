@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from autopeft.cli import main
-from autopeft.commands.space import check_report, model_shapes
+from autopeft.cli.commands.space import check_report, model_shapes
+from autopeft.cli.main import main
 from autopeft.space import list_presets, load_space
 from autopeft.testing import TINY_FAMILIES, tiny_config
 
@@ -85,7 +85,7 @@ def test_space_sample_prints_plans_within_the_budget(capsys, tiny_dirs):
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "budget"), [("minilm", "0.05%"), ("smollm2-135m", "0.1%")])
 def test_every_preset_passes_space_check_on_the_real_models(capsys, model, budget):
-    """Config only (SmolLM2's is converted from its GGUF once and cached; see autopeft.models)."""
+    """Config only (SmolLM2's is converted from its GGUF once and cached; see autopeft.training.models)."""
     arch, base = model_shapes(model)
     assert base == {"minilm": 22_713_216, "smollm2-135m": 134_515_008}[model]
     for name in list_presets():

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import autopeft
-from autopeft.arch import arch_from_config
-from autopeft.errors import UserError
+from autopeft.core.arch import arch_from_config
+from autopeft.core.errors import UserError
 from autopeft.space import SearchSpace, parse_space
 from autopeft.testing import TINY_FAMILIES, tiny_config, tiny_model
 

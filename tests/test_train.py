@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from autopeft.data import TokenizedSplit
-from autopeft.plan import Plan, PlanEntry
+from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_model
-from autopeft.train import DivergedError, Session, TrainConfig, classification_metrics
+from autopeft.training.config import TrainConfig
+from autopeft.training.data import TokenizedSplit
+from autopeft.training.session import DivergedError, Session, classification_metrics
+from autopeft.training.trial_run import resume_run, start_run, train_plan
 
 
 def _toy_classification(n=96, seed=0):
@@ -28,7 +30,7 @@ def _toy_classification(n=96, seed=0):
 
 def _session(family="bert", task="classification"):
     model = tiny_model(family, task, num_labels=2)
-    from autopeft.arch import arch_from_config
+    from autopeft.core.arch import arch_from_config
 
     if task == "classification":
         splits = {"train": _toy_classification(96, 0), "validation": _toy_classification(48, 1),
@@ -47,7 +49,7 @@ def test_training_reduces_loss_and_leaves_base_unchanged():
     session = _session()
     base = {k: v.clone() for k, v in session.model.state_dict().items() if "classifier" not in k}
     config = TrainConfig(steps=200, batch_size=16, lr=2e-2, precision="fp32")
-    outcome = session.run(LORA, config)
+    outcome = train_plan(session, LORA, config)
     first_loss = math.log(2)
     assert outcome.train_loss < first_loss - 0.1
     assert outcome.adapter_params == LORA.num_params(session.arch)
@@ -59,8 +61,8 @@ def test_training_reduces_loss_and_leaves_base_unchanged():
 def test_same_seed_same_result_and_saved_adapter_reproduces_metric():
     session = _session()
     config = TrainConfig(steps=10, batch_size=8, precision="fp32", seed=3)
-    a = session.run(LORA, config)
-    b = session.run(LORA, config)
+    a = train_plan(session, LORA, config)
+    b = train_plan(session, LORA, config)
     assert a.validation.values == b.validation.values
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     again = session.evaluate_adapter(LORA, a.state, "validation", config)
@@ -69,7 +71,7 @@ def test_same_seed_same_result_and_saved_adapter_reproduces_metric():
 
 def test_causal_lm_metrics_and_no_head_training():
     session = _session("llama", "causal-lm")
-    outcome = session.run(LORA, TrainConfig(steps=5, batch_size=4, lr=1e-2, precision="bf16"))
+    outcome = train_plan(session, LORA, TrainConfig(steps=5, batch_size=4, lr=1e-2, precision="bf16"))
     assert outcome.head_params == 0
     assert outcome.validation.name == "loss" and not outcome.validation.greater_is_better
     assert outcome.validation.values["perplexity"] == pytest.approx(math.exp(outcome.validation.values["loss"]))
@@ -78,7 +80,7 @@ def test_causal_lm_metrics_and_no_head_training():
 def test_divergence_is_detected():
     session = _session()
     with pytest.raises(DivergedError):
-        session.run(LORA, TrainConfig(steps=20, batch_size=8, lr=1e12, precision="fp32", max_grad_norm=1e30))
+        train_plan(session, LORA, TrainConfig(steps=20, batch_size=8, lr=1e12, precision="fp32", max_grad_norm=1e30))
 
 
 def test_classification_metrics():
@@ -91,20 +93,20 @@ def test_classification_metrics():
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_run_in_pieces_with_checkpoint_equals_uninterrupted_run(tmp_path, family):
     """Multi-fidelity promotion continues a run from disk: it must be the very same run."""
-    from autopeft.trial_run import Checkpoint
+    from autopeft.training.trial_run import Checkpoint
 
     session = _session(family)
     plan = Plan((PlanEntry("lora", (1, 2), ("q", "v"), {"r": 2, "dropout": 0.1}),
                  PlanEntry("adapter", (2,), ("down",), {"size": 4})))
     config = TrainConfig(steps=12, batch_size=8, lr=1e-2, precision="fp32", seed=5)
-    whole = session.run(plan, config)
+    whole = train_plan(session, plan, config)
 
-    with session.start(plan, config) as run:
+    with start_run(session, plan, config) as run:
         run.advance(5)
         run.checkpoint().save(tmp_path / "ckpt.safetensors")
     # another plan trains in between: the shared model must not leak state into the resumed run
-    session.run(LORA, TrainConfig(steps=3, batch_size=8, precision="fp32", seed=9))
-    with session.resume(plan, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
+    train_plan(session, LORA, TrainConfig(steps=3, batch_size=8, precision="fp32", seed=9))
+    with resume_run(session, plan, config, Checkpoint.load(tmp_path / "ckpt.safetensors")) as run:
         assert run.step == 5
         run.advance(12)
         pieces = run.outcome(run.evaluate("validation"))
@@ -116,8 +118,8 @@ def test_run_in_pieces_with_checkpoint_equals_uninterrupted_run(tmp_path, family
 
 
 def test_corrupted_checkpoint_is_a_user_error(tmp_path):
-    from autopeft.errors import UserError
-    from autopeft.trial_run import Checkpoint
+    from autopeft.core.errors import UserError
+    from autopeft.training.trial_run import Checkpoint
 
     path = tmp_path / "ckpt.safetensors"
     path.write_bytes(b"\x00" * 40)
@@ -141,7 +143,7 @@ def test_method_training_hooks_are_called():
         def after_optimizer_step(self, step, total):
             calls.append((step, total, self.w.grad is not None))
 
-    with session.start(LORA, TrainConfig(steps=3, batch_size=8, precision="fp32")) as run:
+    with start_run(session, LORA, TrainConfig(steps=3, batch_size=8, precision="fp32")) as run:
         run.handle.modules["probe"] = Probe()
         assert run.handle.regularization().item() == 1.0
         run.advance(3)

@@ -1,4 +1,4 @@
-"""Padding-free blocks (autopeft/unpad.py): the same losses and gradients as the padded model, for every
+"""Padding-free blocks (autopeft/peft/unpad.py): the same losses and gradients as the padded model, for every
 registered method on every family, with and without the frozen-prefix cache."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import torch
 from fast_fixtures import first_step, one_thread, toy_session
 from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
 
-from autopeft import unpad
-from autopeft.plan import Plan
-from autopeft.train import TrainConfig
-from autopeft.unpad import Packing
+from autopeft.peft import unpad
+from autopeft.peft.plan import Plan
+from autopeft.peft.unpad import Packing
+from autopeft.training.config import TrainConfig
+from autopeft.training.trial_run import train_plan
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 MULTIPLE = 8  # the toy batches (~60 real of ~100 positions) get filler rows, and stay packed
@@ -111,8 +112,8 @@ def test_the_pack_multiple_is_per_device_type():
 def test_whole_runs_agree_with_and_without_unpadding():
     session = toy_session("bert", "classification", dropout=False)
     plan = MIXED
-    a = session.run(plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2))
-    b = session.run(plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2,
+    a = train_plan(session, plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2))
+    b = train_plan(session, plan, TrainConfig(steps=6, batch_size=6, precision="fp32", prefix_cache="off", seed=2,
                                        unpad=False))
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
     assert a.validation.value == b.validation.value

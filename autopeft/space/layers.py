@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from autopeft.arch import INPUT_SITE, LINEAR_SITES, NORM_SITES, SITE_ALIASES
+from autopeft.core.arch import INPUT_SITE, LINEAR_SITES, NORM_SITES, SITE_ALIASES
 
 #: block-level names of sites, for readability in space files
 BLOCK_ALIASES = {"after_attn": "o", "after_mlp": "down", "prefix": "attn", "prompt": "input"}

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from autopeft.arch import LINEAR_SITES, ModelArch
-from autopeft.errors import UserError
-from autopeft.plan import Plan, PlanEntry
+from autopeft.core.arch import LINEAR_SITES, ModelArch
+from autopeft.core.errors import UserError
+from autopeft.peft.plan import Plan, PlanEntry
 
 from .layers import MODEL_SITES, Groups, LayerSelection, SelectionError
 from .nodes import Conditional, Node, is_parameter

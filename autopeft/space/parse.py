@@ -12,9 +12,9 @@ import math
 import re
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from autopeft.arch import LINEAR_SITES
-from autopeft.budget import parse_budget
-from autopeft.errors import UserError
+from autopeft.core.arch import LINEAR_SITES
+from autopeft.core.errors import UserError
+from autopeft.core.units import parse_budget
 from autopeft.methods import REGISTRY, Placement, get_method, make_config
 
 from .layers import ALL, KNOWN_SITES, MODEL_SITES, Groups, SelectionError, canonical_site, parse_selection

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
 
 from .parse import parse_space
 from .search_space import SearchSpace

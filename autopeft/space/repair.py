@@ -23,15 +23,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from autopeft.arch import ModelArch
+from autopeft.core.arch import ModelArch
 
-from .model import NONE, Sample, UnitChoice
+from .model import NONE, Decision, Sample, UnitChoice, Violation
 from .nodes import step_down
 
-if TYPE_CHECKING:
-    from .search_space import SearchSpace
+
+class RepairableSpace(Protocol):
+    """What repair asks of :class:`~autopeft.space.search_space.SearchSpace` (which calls repair)."""
+
+    def extreme_values(self, decision: Decision, method: str, sites: tuple[str, ...], arch: ModelArch,
+                       cheapest: bool) -> dict[str, Any]: ...
+
+    def violations(self, sample: Sample) -> list[Violation]: ...
+
 
 MAX_STEPS = 100_000  # a guard against bugs: every step strictly lowers the cost or removes a component
 
@@ -39,7 +46,7 @@ MAX_STEPS = 100_000  # a guard against bugs: every step strictly lowers the cost
 class _State:
     """The sample being repaired, with every choice's cost and floor (cheapest sizes) kept up to date."""
 
-    def __init__(self, space: SearchSpace, sample: Sample, arch: ModelArch) -> None:
+    def __init__(self, space: RepairableSpace, sample: Sample, arch: ModelArch) -> None:
         self.space, self.arch = space, arch
         self.choices = list(sample.choices)
         self.training = sample.training
@@ -132,7 +139,7 @@ def _draw(moves: list[tuple[int, tuple]], rng: random.Random) -> tuple:
     return rng.choices([m for _, m in moves], weights=[freed + 1 for freed, _ in moves])[0]
 
 
-def repair(space: SearchSpace, sample: Sample, arch: ModelArch, budget: int, rng: random.Random) -> Sample | None:
+def repair(space: RepairableSpace, sample: Sample, arch: ModelArch, budget: int, rng: random.Random) -> Sample | None:
     state = _State(space, sample, arch)
     for _ in range(MAX_STEPS):  # phase 1: forbidden combinations
         found = space.violations(state.sample())

@@ -9,13 +9,14 @@ from typing import Any
 
 import optuna
 
-from autopeft.arch import LINEAR_SITES, ModelArch
-from autopeft.budget import parse_budget
-from autopeft.errors import UserError
-from autopeft.plan import Plan
+from autopeft.core.arch import LINEAR_SITES, ModelArch
+from autopeft.core.errors import UserError
+from autopeft.core.units import parse_budget
+from autopeft.peft.plan import Plan
 
 from .model import NONE, Decision, Forbid, Mask, Sample, Unit, UnitChoice, Violation, arch_key, violations
 from .nodes import Choice, Float, Int, Node, is_number, is_parameter, ordered_values
+from .repair import repair
 from .to_optuna import suggest, suggest_branch
 
 MASK_NODE = Choice((True, False))
@@ -155,8 +156,6 @@ class SearchSpace:
 
     def repair(self, sample: Sample, arch: ModelArch, budget: int, rng: random.Random) -> Sample | None:
         """A feasible copy of ``sample``, or ``None`` if none exists (see :mod:`autopeft.space.repair`)."""
-        from .repair import repair
-
         return repair(self, sample, arch, budget, rng)
 
     # --- extremes ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from autopeft.errors import UserError
+from autopeft.core.errors import UserError
 
 Path = tuple[Any, ...]
 MAX_NODES = 20_000

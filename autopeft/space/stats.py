@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from autopeft.arch import ModelArch
-from autopeft.errors import UserError
+from autopeft.core.arch import ModelArch
+from autopeft.core.errors import UserError
 
 from .model import NONE, Decision, Sample, Unit, UnitChoice
 from .nodes import Float, Int, Node, ordered_values

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autopeft.arch import ModelArch
-from autopeft.errors import UserError
+from autopeft.core.arch import ModelArch
+from autopeft.core.errors import UserError
 
 from .model import Sample, UnitChoice
 from .nodes import Choice, Fixed, Float, Int, Node

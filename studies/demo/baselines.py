@@ -18,9 +18,11 @@ import datasets
 import torch
 import transformers
 
-from autopeft.pipeline import DataOptions, prepare
-from autopeft.plan import Plan, PlanEntry
-from autopeft.train import TrainConfig
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.training.config import TrainConfig
+from autopeft.training.options import DataOptions
+from autopeft.training.pipeline import prepare
+from autopeft.training.trial_run import train_plan
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
 BASELINES = {
@@ -37,7 +39,7 @@ def main() -> None:
     for name, plan in BASELINES.items():
         runs = []
         for lr in LR_GRID:
-            outcome = prepared.session.run(plan, TrainConfig(steps=150, lr=lr, seed=0))
+            outcome = train_plan(prepared.session, plan, TrainConfig(steps=150, lr=lr, seed=0))
             runs.append((outcome.validation.value, lr, outcome))
             print(f"{name} lr={lr}: validation {outcome.validation.value:.4f}", flush=True)
         best_val, best_lr, best = max(runs, key=lambda r: r[0])

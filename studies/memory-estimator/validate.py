@@ -1,9 +1,9 @@
 """Estimated vs measured peak memory of one training step, across models, methods and shapes.
 
 For every (model, method, batch size, sequence length) of the grid, train one real steady-state step with
-autopeft's own trainer (``autopeft.memory_measure.measure_training_step``: ``Session.start`` +
+autopeft's own trainer (``autopeft.memory.measure.measure_training_step``: ``Session.start`` +
 ``TrialRun.advance``) and compare its measured peak of allocated tensor memory (CPU: torch profiler
-memory events; CUDA: ``torch.cuda.max_memory_allocated``) with ``autopeft.memory.estimate_memory``.
+memory events; CUDA: ``torch.cuda.max_memory_allocated``) with ``autopeft.memory.estimate.estimate_memory``.
 
     python studies/memory-estimator/validate.py                 # the CPU grid (results/ here)
     python studies/memory-estimator/validate.py --device cuda   # the same grid against CUDA's allocator
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from autopeft.memory import MemorySettings, estimate_memory
-from autopeft.memory_measure import measure_training_step
+from autopeft.memory.estimate import MemorySettings, estimate_memory
+from autopeft.memory.measure import measure_training_step
 from autopeft.methods import REGISTRY
-from autopeft.plan import Plan
+from autopeft.peft.plan import Plan
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("lora", "adapter", "prefix", "prompt", "hybrid", "qlora")
@@ -68,7 +68,7 @@ def skip_reason(method: str) -> str | None:
 
 
 def _quantize_available() -> bool:
-    from autopeft.models import load_model
+    from autopeft.training.models import load_model
 
     if "quantize" not in inspect.signature(load_model).parameters:
         return False
@@ -83,8 +83,8 @@ def config_for(name: str):
     """The transformers config of a grid model (no weights)."""
     from transformers import GPT2Config
 
-    from autopeft.models import load_config
     from autopeft.testing import tiny_config
+    from autopeft.training.models import load_config
 
     if name.startswith("tiny-"):
         return tiny_config(name[5:])
@@ -126,8 +126,8 @@ def build(name: str, quantize: str, device: str):
         task = "classification" if family in ("bert", "distilbert") else "causal-lm"
         model = tiny_model(family, task)
         if quantize != "none":
-            from autopeft.arch import arch_from_config
-            from autopeft.quantize import quantize_model
+            from autopeft.core.arch import arch_from_config
+            from autopeft.peft.quantize import quantize_model
 
             quantize_model(model, arch_from_config(model.config), quantize)
     elif name == "gpt2-6x384":
@@ -135,12 +135,12 @@ def build(name: str, quantize: str, device: str):
         model = AutoModelForCausalLM.from_config(config_for(name)).eval()
         task = "causal-lm"
         if quantize != "none":
-            from autopeft.arch import arch_from_config
-            from autopeft.quantize import quantize_model
+            from autopeft.core.arch import arch_from_config
+            from autopeft.peft.quantize import quantize_model
 
             quantize_model(model, arch_from_config(model.config), quantize)
     else:
-        from autopeft.models import load_model
+        from autopeft.training.models import load_model
 
         task = "classification" if name == "minilm" else "causal-lm"
         kwargs = {"quantize": quantize} if quantize != "none" else {}

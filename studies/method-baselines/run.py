@@ -29,9 +29,11 @@ import torch
 import transformers
 
 from autopeft.methods import REGISTRY
-from autopeft.pipeline import DataOptions, prepare
-from autopeft.plan import Plan, PlanEntry
-from autopeft.train import TrainConfig
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.training.config import TrainConfig
+from autopeft.training.options import DataOptions
+from autopeft.training.pipeline import prepare
+from autopeft.training.trial_run import train_plan
 
 LR = 3e-3
 DEFAULT_SITES: dict[str, tuple[str, ...]] = {
@@ -78,7 +80,7 @@ def main() -> None:
         plan = method_plan(name, arch.num_layers)
         config = TrainConfig(steps=args.steps, batch_size=16, lr=LR, precision="bf16", seed=args.seed)
         t0 = time.perf_counter()
-        outcome = prepared.session.run(plan, config)
+        outcome = train_plan(prepared.session, plan, config)
         sites = ",".join(plan.entries[0].sites) if plan.entries else "-"
         row = {"method": name, "sites": sites, "params": outcome.adapter_params,
                "pct_of_base": round(100 * outcome.adapter_params / base, 4),

@@ -46,10 +46,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import optuna
     import torch
 
-    from autopeft.pipeline import DataOptions
-    from autopeft.progress import Reporter
-    from autopeft.search import SearchSettings, run_search
-    from autopeft.train import TrainConfig
+    from autopeft.searching.progress import Reporter
+    from autopeft.searching.run import SearchSettings, run_search
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.options import DataOptions
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,7 +70,7 @@ def curve(out: Path) -> list[dict[str, Any]]:
     import optuna
     from optuna.trial import TrialState
 
-    from autopeft.study_view import hypervolume_2d
+    from autopeft.study.view import hypervolume_2d
 
     settings = json.loads((out / "settings.json").read_text())
     budget = settings["budget_params"]

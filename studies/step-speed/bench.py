@@ -42,7 +42,7 @@ BATCH, LENGTH = 16, 64
 
 
 def plans():
-    from autopeft.plan import Plan, PlanEntry
+    from autopeft.peft.plan import Plan, PlanEntry
 
     top = (3, 4, 5)
     return {
@@ -75,8 +75,8 @@ def full_session(session, n: int):
     """A session on the same model whose train split holds n·BATCH rows of LENGTH real tokens each:
     consecutive train examples' tokens, concatenated and cut (labels: the first example's). Its own
     split, so that the frozen-prefix cache (keyed by split and example) serves these very rows."""
-    from autopeft.data import TokenizedSplit
-    from autopeft.train import Session
+    from autopeft.training.data import TokenizedSplit
+    from autopeft.training.session import Session
 
     data = session.splits["train"]
     stream = (token for row in data.input_ids for token in row)
@@ -92,12 +92,13 @@ def split_batches(session, n: int) -> list[dict[str, torch.Tensor]]:
 
 class AutopeftSide:
     def __init__(self, session, plan, batches):
-        from autopeft.train import TrainConfig
+        from autopeft.training.config import TrainConfig
+        from autopeft.training.trial_run import start_run
 
         self.session = session
         if batches is not None:  # the same padded batches as peft: replace only the data order
             session.train_batches = lambda config, skip=0: iter(batches[skip:])
-        self.run = session.start(plan, TrainConfig(steps=10_000, batch_size=BATCH, seed=0))
+        self.run = start_run(session, plan, TrainConfig(steps=10_000, batch_size=BATCH, seed=0))
         # steady state: the prefix cache is warm (it is computed once per session and first layer k)
         t = time.perf_counter()
         if self.run.prefix.active:
@@ -117,7 +118,7 @@ class PeftSide:
     def __init__(self, prepared, peft_kwargs, batches):
         from peft import LoraConfig, get_peft_model
 
-        from autopeft.models import load_model
+        from autopeft.training.models import load_model
 
         model = load_model("minilm", "classification", num_labels=2).model
         config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.0, **peft_kwargs)
@@ -176,11 +177,11 @@ def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:
     multiple with filler padding rows, or all B·T positions for a batch left padded; see batch_shape),
     attention 4·B·T²·H per layer on the padded layout; forward from the plan's
     first layer k up (the frozen prefix comes from the warm cache), backward only input gradients (the
-    same again, attention twice); in the last block, with head rows only (autopeft/head_rows.py), the
+    same again, attention twice); in the last block, with head rows only (autopeft/training/fastpath/head_rows.py), the
     projections after attention (o, up, down) on one row per example. Adapter and LoRA FLOPs are < 1%
     and ignored."""
-    from autopeft.activation_cache import first_trained_layer
-    from autopeft.head_rows import head_rows_supported
+    from autopeft.training.fastpath.activation_cache import first_trained_layer
+    from autopeft.training.fastpath.head_rows import head_rows_supported
 
     weights = {v.path: v.in_features * v.out_features for v in arch.sites.values()}
     after = sum(weights[arch.sites[name].path] for name in ("o", "up", "down"))
@@ -194,9 +195,9 @@ def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:
 
 
 def batch_shape(batches) -> tuple[float, float, float]:
-    """Mean real tokens, mean rows the blocks run on (autopeft/unpad.py's packing on the batch's device)
+    """Mean real tokens, mean rows the blocks run on (autopeft/peft/unpad.py's packing on the batch's device)
     and mean width (padded length) of a batch."""
-    from autopeft.unpad import MIN_PADDING, Packing, pack_multiple
+    from autopeft.peft.unpad import MIN_PADDING, Packing, pack_multiple
 
     batches = list(batches)
     masks = [b["attention_mask"] for b in batches]
@@ -246,7 +247,7 @@ def main() -> None:
             if batches is None:  # autopeft's own batches of this run (seed 0)
                 from itertools import islice
 
-                from autopeft.train import TrainConfig
+                from autopeft.training.config import TrainConfig
                 own = session.train_batches(TrainConfig(steps=10_000, batch_size=BATCH, seed=0))
                 real, rows, width = batch_shape(islice(own, n))
             else:

@@ -32,11 +32,11 @@ def main() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    from autopeft.inject import inject
-    from autopeft.models import load_model
-    from autopeft.plan import Plan, PlanEntry
-    from autopeft.precision import FrozenWeights
-    from autopeft.step_kernels import cpu_step_kernels, training_attention
+    from autopeft.peft.inject import inject
+    from autopeft.peft.plan import Plan, PlanEntry
+    from autopeft.peft.precision import FrozenWeights
+    from autopeft.training.fastpath.step_kernels import cpu_step_kernels, training_attention
+    from autopeft.training.models import load_model
 
     loaded = load_model("minilm", "classification", num_labels=2)
     plan = Plan((PlanEntry("lora", tuple(range(6)), ("q", "v"), {"r": 8, "alpha": 16}),))

@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from autopeft.step_kernels import bf16_softmax
+    from autopeft.training.fastpath.step_kernels import bf16_softmax
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     from dataclasses import fields
 
-    from autopeft.train import TrainConfig
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.trial_run import start_run
 
     flags = {f.name for f in fields(TrainConfig) if f.type in (bool, "bool")}
     if args.flag not in flags:
@@ -45,7 +46,7 @@ def main() -> None:
         for value in (True, False):
             config = TrainConfig(steps=args.steps, batch_size=16, lr=plan["lr"], seed=plan["seed"],
                                  **{args.flag: value})
-            with session.start(autopeft_plan(plan["ranks"]), config) as run:
+            with start_run(session, autopeft_plan(plan["ranks"]), config) as run:
                 t = time.perf_counter()
                 run.advance(config.steps)
                 trained = time.perf_counter()

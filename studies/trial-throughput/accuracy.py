@@ -35,7 +35,7 @@ HERE = Path(__file__).parent
 
 
 def plans():
-    from autopeft.plan import Plan, PlanEntry
+    from autopeft.peft.plan import Plan, PlanEntry
 
     top = (3, 4, 5)
     return {
@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which configs (default: all)")
     parser.add_argument("--reuse", action="store_true", help="keep the other configs' rows from --out")
     args = parser.parse_args()
-    from autopeft.train import TrainConfig
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.trial_run import train_plan
 
     machine = machine_record()
     prepared = prepare_minilm(args)
@@ -75,7 +76,7 @@ def main() -> None:
             for label, overrides in configs.items():  # alternate, so that machine load hits both alike
                 config = TrainConfig(steps=args.steps, batch_size=16, lr=2e-3, seed=seed, **overrides)
                 t = time.perf_counter()
-                outcome = prepared.session.run(plan, config)
+                outcome = train_plan(prepared.session, plan, config)
                 rows.append({"plan": name, "seed": seed, "config": label, "accuracy": outcome.validation.value,
                              "train_loss": outcome.train_loss, "median_step_s": outcome.step_time_s,
                              "trial_s": time.perf_counter() - t})

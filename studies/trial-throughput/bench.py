@@ -16,7 +16,7 @@ seed = plan number; then accuracy on the validation split (1,275 reviews).
   ``Trainer`` in fp32, examples padded to ``max_length``; the dataset is tokenised once, outside the
   objective (as the tutorials do).
 - **autopeft**: one ``prepare`` (model load + tokenisation, counted in its total), then
-  ``session.run(plan, TrainConfig(...))`` per trial with the defaults (bf16, prefix cache, length
+  ``train_plan(session, plan, TrainConfig(...))`` per trial with the defaults (bf16, prefix cache, length
   buckets).
 
 Trials alternate (naive 0, autopeft 0, naive 1, ...) so that load from other processes falls on both.
@@ -55,7 +55,7 @@ def sample_plans(n: int, layers: int = 6, seed: int = 0) -> list[dict]:
 
 
 def autopeft_plan(ranks: dict):
-    from autopeft.plan import Plan, PlanEntry
+    from autopeft.peft.plan import Plan, PlanEntry
 
     return Plan(tuple(PlanEntry("lora", (layer,), (site,), {"r": r, "alpha": 16})
                       for (layer, site), r in sorted(ranks.items())))
@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--plans", type=int, default=10)
     args = parser.parse_args()
-    from autopeft.train import TrainConfig
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.trial_run import train_plan
 
     record = {"machine": machine_record(), "settings": vars(args), "trials": []}
     t = time.perf_counter()
@@ -140,7 +141,7 @@ def main() -> None:
         row["naive_s"] = time.perf_counter() - t
         t = time.perf_counter()
         config = TrainConfig(steps=args.steps, batch_size=16, lr=plan["lr"], seed=plan["seed"])
-        outcome = prepared.session.run(autopeft_plan(plan["ranks"]), config)
+        outcome = train_plan(prepared.session, autopeft_plan(plan["ranks"]), config)
         row["autopeft_accuracy"] = outcome.validation.value
         row["autopeft_s"] = time.perf_counter() - t
         for side in ("naive", "autopeft"):

@@ -2,7 +2,7 @@
 
 ``bench.py`` pins both sides to one thread and interleaves their trials (a per-core comparison). A user
 of the naive loop, though, runs it with torch's default threads (every core) and trials one after
-another; autopeft's search runs ``--workers auto`` (``autopeft.threads.resolve_workers("auto")``: one
+another; autopeft's search runs ``--workers auto`` (``autopeft.searching.threads.resolve_workers("auto")``: one
 single-threaded worker per core, each with its own model and tokenised data). This script measures
 both layouts on the same plans as ``bench.py`` (same sampler, seeds, learning rates, 200 steps,
 validation accuracy):
@@ -16,7 +16,7 @@ trials/hour = trials / wall time of the phase (setup included). The phases run o
 so, unlike ``bench.py``, load from other processes is not shared fairly: run it on an idle machine (the
 load averages are recorded, and so are this machine's 1024² matmul rates on one thread, bf16 and fp32).
 
-``--pack-multiples 32,1`` runs the autopeft phase once per value of ``autopeft.unpad.PACK_MULTIPLE["cpu"]``
+``--pack-multiples 32,1`` runs the autopeft phase once per value of ``autopeft.peft.unpad.PACK_MULTIPLE["cpu"]``
 (fresh workers each time): the first is the result, the others an ablation in the same run.
 
     .venv/bin/python studies/trial-throughput/machine.py      # machine.json / machine.csv (~20 min on 2 cores)
@@ -49,8 +49,9 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: 
     """One worker of the autopeft layout: its own session, then its share of the plans."""
     import argparse
 
-    from autopeft import unpad
-    from autopeft.train import TrainConfig
+    from autopeft.peft import unpad
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.trial_run import train_plan
 
     unpad.PACK_MULTIPLE["cpu"] = pack_multiple
 
@@ -59,7 +60,7 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: 
     for plan in plans:
         t = time.perf_counter()
         config = TrainConfig(steps=steps, batch_size=16, lr=plan["lr"], seed=plan["seed"])
-        outcome = prepared.session.run(autopeft_plan(plan["ranks"]), config)
+        outcome = train_plan(prepared.session, autopeft_plan(plan["ranks"]), config)
         rows.append({"seed": plan["seed"], "autopeft_accuracy": outcome.validation.value,
                      "autopeft_s": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
@@ -67,7 +68,7 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: 
 
 
 def run_autopeft(plans: list[dict], steps: int, pack_multiple: int) -> tuple[float, list[dict], tuple[int, int]]:
-    from autopeft.threads import resolve_workers
+    from autopeft.searching.threads import resolve_workers
 
     workers, threads = resolve_workers("auto")
     start = time.perf_counter()
@@ -99,12 +100,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--plans", type=int, default=10)
     parser.add_argument("--pack-multiples", type=positive_ints, default=None,
-                        help="comma-separated autopeft.unpad.PACK_MULTIPLE['cpu'] values; default: the library's")
+                        help="comma-separated autopeft.peft.unpad.PACK_MULTIPLE['cpu'] values; default: the library's")
     args = parser.parse_args()
     import torch
 
-    from autopeft import unpad
-    from autopeft.threads import available_cpus
+    from autopeft.peft import unpad
+    from autopeft.searching.threads import available_cpus
 
     cpus = available_cpus()
     plans = sample_plans(args.plans)

@@ -5,7 +5,7 @@ Rotten Tomatoes, then trains LoRA r=8 on q, v (all layers) for ``--steps`` steps
 trainer. A layout's throughput is (steps of all its workers) / (wall time from the first worker's first
 step to the last worker's last step); loading is excluded (it happens once per worker per search).
 Layouts alternate (A, B, A, B, ...) ``--repeats`` times so that load from other processes hits both.
-The winner sets ``autopeft.threads.AUTO_THREADS_PER_WORKER``.
+The winner sets ``autopeft.searching.threads.AUTO_THREADS_PER_WORKER``.
 
     .venv/bin/python studies/trial-throughput/threads.py          # writes threads.json
 """
@@ -33,16 +33,18 @@ def worker(threads: int, steps: int, start_at: float) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    from autopeft.pipeline import DataOptions, prepare
-    from autopeft.plan import Plan, PlanEntry
-    from autopeft.train import TrainConfig
+    from autopeft.peft.plan import Plan, PlanEntry
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.options import DataOptions
+    from autopeft.training.pipeline import prepare
+    from autopeft.training.trial_run import start_run
 
     session = prepare(DataOptions(), splits=("train", "validation")).session
     plan = Plan((PlanEntry("lora", tuple(range(6)), ("q", "v"), {"r": 8, "alpha": 16}),))
     while time.time() < start_at:  # every worker of a layout starts training at the same moment
         time.sleep(0.05)
     begin = time.time()
-    with session.start(plan, TrainConfig(steps=steps, seed=0)) as run:
+    with start_run(session, plan, TrainConfig(steps=steps, seed=0)) as run:
         run.advance(steps)
     print(json.dumps({"begin": begin, "end": time.time(), "steps": steps}), flush=True)
 
@@ -82,7 +84,7 @@ def main() -> None:
             runs[name].append(layout(workers, threads, args.steps, args.load_seconds))
             print(name, runs[name][-1], flush=True)
     summary = {name: statistics.median(r["steps_per_s"] for r in rs) for name, rs in runs.items()}
-    from autopeft.study import StudyFiles
+    from autopeft.study.files import StudyFiles
 
     record = {"machine": {**StudyFiles.machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg": os.getloadavg()},
               "settings": vars(args), "steps_per_s": summary, "better": max(summary, key=summary.get), "runs": runs}

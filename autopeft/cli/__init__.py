@@ -1,0 +1,1 @@
+"""The ``autopeft`` command line: ``main`` dispatches to one module per subcommand in ``commands/``."""

@@ -1,0 +1,3 @@
+"""Peak training memory of a plan before it is trained (an analytic model of one step), and the
+measurement that checks it.
+"""

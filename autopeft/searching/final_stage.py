@@ -1,0 +1,225 @@
+"""Final stage: retrain the top-rung Pareto front with several seeds, pick a plan, write front/ and best/.
+
+1. The front: non-dominated plans (on the chosen objectives) among the trials trained to full
+   fidelity (the top rung).
+2. Each front plan is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
+   (a resumed or promoted run is bitwise the uninterrupted one, so it is not trained again); seeds
+   2..K are ``--seed + n + 1000003 * k``. Its score is the mean ± sample standard deviation
+   (ddof = 1; 0 when K = 1) of the K validation metrics, stored in the study user attribute
+   ``retrain:<n>``. Each retraining's adapter goes to ``trials/<n>/seed-<s>/`` (metrics.json last),
+   so an interrupted final stage resumes where it stopped; local ``--workers`` processes split the
+   retrainings round-robin (:func:`run_share`) before the coordinator collects them.
+3. The pick: ``max-metric`` = the best mean validation metric (ties: fewer parameters);
+   ``knee`` = the front point farthest above the line joining the front's two extremes (fewest
+   parameters, best mean metric), with parameters and metric scaled to [0, 1] over the front.
+4. ``front/<n>/`` holds each front plan's adapter of the seed with the median metric (upper median
+   for even K); ``best/`` the pick's, with its validation and test metrics, plus the test metric of
+   every seed (mean ± std). Test metrics are computed for the pick only, after it is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.core.errors import UserError
+from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
+from autopeft.peft.plan import Plan
+from autopeft.searching.backends.optuna_worker import top_rung_front
+from autopeft.searching.context import SearchContext, adapter_config
+from autopeft.searching.interrupt import check, checked
+from autopeft.searching.progress import Reporter
+from autopeft.study.files import RETRAIN_PREFIX
+from autopeft.training.config import TrainConfig
+from autopeft.training.trial_run import train_plan
+
+SEED_STRIDE = 1_000_003
+
+
+def retrain_seeds(own_seed: int, base_seed: int, number: int, k: int) -> list[int]:
+    return [own_seed] + [base_seed + number + SEED_STRIDE * i for i in range(1, k)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _adapter_dir(ctx: SearchContext, trial: FrozenTrial, seed: int) -> Path:
+    own = seed == trial.user_attrs["seed"]
+    return ctx.files.trial_dir(trial.number) if own else ctx.files.seed_dir(trial.number, seed)
+
+
+def _job_value(ctx: SearchContext, trial: FrozenTrial, seed: int) -> float | None:
+    """The validation metric of a finished retraining (its metrics.json is written last), else None."""
+    path = ctx.files.seed_dir(trial.number, seed) / "metrics.json"
+    if not path.is_file():
+        return None
+    return float(json.loads(path.read_text())["validation"][ctx.prepared.session.primary_metric])
+
+
+def run_job(ctx: SearchContext, trial: FrozenTrial, seed: int, reporter: Reporter) -> float:
+    """Train the trial's plan at full fidelity with ``seed`` (unless done already); its validation metric."""
+    done = _job_value(ctx, trial, seed)
+    if done is not None:
+        return done
+    reporter.info(f"final stage: trial {trial.number}, seed {seed}")
+    _train_into(ctx, trial, seed, ctx.files.seed_dir(trial.number, seed), reporter)
+    value = _job_value(ctx, trial, seed)
+    assert value is not None
+    return value
+
+
+def _train_into(ctx: SearchContext, trial: FrozenTrial, seed: int, directory: Path, reporter: Reporter) -> None:
+    plan = Plan.from_dict(trial.user_attrs["plan"])
+    seeded = replace(TrainConfig(**trial.user_attrs["train_config"]), seed=seed)
+    check()  # Ctrl-C: stop before (or, through the step callback, during) a retraining; it restarts on resume
+    outcome = train_plan(ctx.prepared.session, plan, seeded, progress=checked(reporter.step_callback(seeded.steps)))
+    save_adapter(directory, plan, outcome.state, adapter_config(ctx.prepared, seeded),
+                 metrics={"validation": outcome.validation.values})
+
+
+def ensure_trial_adapter(ctx: SearchContext, trial: FrozenTrial, reporter: Reporter) -> None:
+    """A full-fidelity trial trained by a worker on another machine left its adapter there: retrain it
+    here with the trial's own seed, which reproduces the same run."""
+    if not (ctx.files.trial_dir(trial.number) / "metrics.json").is_file():
+        reporter.info(f"final stage: trial {trial.number}'s adapter is not in {ctx.files.root}; retraining it")
+        _train_into(ctx, trial, trial.user_attrs["seed"], ctx.files.trial_dir(trial.number), reporter)
+
+
+def jobs(ctx: SearchContext, study: optuna.Study) -> list[tuple[FrozenTrial, int]]:
+    """Every (front trial, extra seed) retraining, in a fixed order (every process computes the same list)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return [(trials[n], seed) for n in top_rung_front(study, ctx.objectives)
+            for seed in retrain_seeds(trials[n].user_attrs["seed"], ctx.settings.seed, n, ctx.settings.seeds)[1:]]
+
+
+def run_share(ctx: SearchContext, study: optuna.Study, index: int, count: int, reporter: Reporter) -> None:
+    """Run jobs ``index, index + count, ...``: local worker processes split the final stage round-robin."""
+    for j, (trial, seed) in enumerate(jobs(ctx, study)):
+        if j % count == index:
+            run_job(ctx, trial, seed, reporter)
+
+
+def retrain(ctx: SearchContext, study: optuna.Study, trial: FrozenTrial, reporter: Reporter) -> dict[str, Any]:
+    """All seeds of one front plan (training the missing ones); returns ``{"seeds", "values", "mean", "std"}``."""
+    ensure_trial_adapter(ctx, trial, reporter)
+    seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, trial.number, ctx.settings.seeds)
+    values = [float(trial.values[0])] + [run_job(ctx, trial, seed, reporter) for seed in seeds[1:]]
+    mean, std = mean_std(values)
+    record = {"seeds": seeds, "values": values, "mean": mean, "std": std, "steps": ctx.settings.max_steps}
+    study.set_user_attr(f"{RETRAIN_PREFIX}{trial.number}", record)
+    return record
+
+
+def median_seed(record: dict[str, Any]) -> int:
+    pairs = sorted(zip(record["values"], record["seeds"], strict=True))
+    return pairs[len(pairs) // 2][1]
+
+
+def pick(front: list[dict[str, Any]], rule: str, greater: bool) -> dict[str, Any]:
+    """``front`` entries carry ``trial``, ``params``, ``mean``."""
+    sign = 1.0 if greater else -1.0
+    best = max(front, key=lambda e: (sign * e["mean"], -e["params"], -e["trial"]))
+    if rule != "knee" or len(front) < 3:
+        return best
+    lo_p, hi_p = min(e["params"] for e in front), max(e["params"] for e in front)
+    goods = [sign * e["mean"] for e in front]
+    lo_g, hi_g = min(goods), max(goods)
+    if hi_p == lo_p or hi_g == lo_g:
+        return best
+
+    def scaled(e: dict[str, Any]) -> tuple[float, float]:
+        return (e["params"] - lo_p) / (hi_p - lo_p), (sign * e["mean"] - lo_g) / (hi_g - lo_g)
+
+    cheapest = min(front, key=lambda e: (e["params"], -sign * e["mean"]))
+    (x1, y1), (x2, y2) = scaled(cheapest), scaled(best)
+    norm = ((x2 - x1) ** 2 + (y2 - y1) ** 2) ** 0.5 or 1.0
+
+    def height(e: dict[str, Any]) -> float:  # signed distance above the chord (up-left = better)
+        x, y = scaled(e)
+        return ((x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)) / norm
+
+    return max(front, key=lambda e: (height(e), sign * e["mean"], -e["params"]))
+
+
+def _copy_adapter(source: Path, target: Path, metrics: dict[str, Any]) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in ("plan.json", "adapter.safetensors", "autopeft_config.json"):
+        shutil.copy2(source / name, target / name)
+    write_json(target / "metrics.json", metrics)
+
+
+def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter) -> dict[str, Any]:
+    objectives = ctx.objectives
+    numbers = top_rung_front(study, objectives)
+    if not numbers:
+        raise UserError("no trial was trained to full fidelity; see trials.csv for the reasons")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    reporter.info(f"final stage: retraining the {len(numbers)} front plans with {ctx.settings.seeds} seeds each")
+    front = []
+    for n in numbers:
+        record = retrain(ctx, study, trials[n], reporter)
+        front.append({"trial": n, "params": trials[n].user_attrs["params"], "mean": record["mean"],
+                      "std": record["std"], "record": record})
+    chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
+    metric = ctx.prepared.session.primary_metric
+    shutil.rmtree(ctx.files.root / "front", ignore_errors=True)
+    for entry in front:
+        t, record = trials[entry["trial"]], entry["record"]
+        seed = median_seed(record)
+        validation = _validation_of(ctx, t, seed)
+        _copy_adapter(_adapter_dir(ctx, t, seed), ctx.files.front_dir(t.number),
+                      {**_common_metrics(ctx, t, seed), "validation": validation, "retrain": record})
+    best = _write_best(ctx, trials[chosen["trial"]], chosen["record"], reporter)
+    rows = ctx.files.write_tables(study, ctx.base_params, numbers)
+    reporter.front(rows, metric)
+    return {"best": best, "front": [{"trial": e["trial"], "metric": trials[e["trial"]].values[0],
+                                     "params": e["params"], "memory_bytes": trials[e["trial"]].user_attrs.get(
+                                         "memory_bytes"), "retrain": e["record"],
+                                     "plan": trials[e["trial"]].user_attrs["plan"]} for e in front]}
+
+
+def _validation_of(ctx: SearchContext, trial: FrozenTrial, seed: int) -> dict[str, float]:
+    if seed == trial.user_attrs["seed"]:
+        return dict(trial.user_attrs["validation"])
+    return json.loads((ctx.files.seed_dir(trial.number, seed) / "metrics.json").read_text())["validation"]
+
+
+def _common_metrics(ctx: SearchContext, trial: FrozenTrial, seed: int) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {"trial": trial.number, "seed": seed, "adapter_params": attrs["params"],
+            "head_params": attrs.get("head_params", 0), "params_pct": attrs["params_pct"],
+            "memory_bytes": attrs.get("memory_bytes"), "steps": ctx.settings.max_steps}
+
+
+def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    session = ctx.prepared.session
+    seed = median_seed(record)
+    spread = f" ± {record['std']:.4f} over {len(record['seeds'])} seeds" if len(record["seeds"]) > 1 else " (one seed)"
+    reporter.info(f"pick ({ctx.settings.pick}): trial {trial.number}, validation {record['mean']:.4f}{spread}; "
+                  "evaluating it on the test split")
+    tests = {}
+    for s in record["seeds"]:
+        plan, state, config = load_adapter(_adapter_dir(ctx, trial, s))
+        tests[s] = session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"])).values
+    primary = session.primary_metric
+    test_values = [tests[s][primary] for s in record["seeds"]]
+    mean, std = mean_std(test_values)
+    metrics = {**_common_metrics(ctx, trial, seed), "validation": _validation_of(ctx, trial, seed),
+               "test": tests[seed], "retrain": record, "pick": ctx.settings.pick,
+               "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std}}
+    _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.root / "best", metrics)
+    plan, _, _ = load_adapter(ctx.files.root / "best")
+    reporter.info(f"best: trial {trial.number} (seed {seed}): validation {metrics['validation']}, "
+                  f"test {tests[seed]}; adapter in {ctx.files.root / 'best'}")
+    return {**metrics, "plan": plan.describe(ctx.arch)}
+

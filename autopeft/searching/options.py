@@ -1,0 +1,105 @@
+"""The options of a search, defined once for ``autopeft search`` and ``autopeft.search(...)``.
+
+:data:`SEARCH_OPTIONS` is the table both read (the CLI adds it to its parser, the API resolves keyword
+arguments against it); :func:`settings_from_options` turns its values into
+:class:`~autopeft.searching.settings.SearchSettings`, checking them the same way for both. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, get_args
+
+from autopeft.core.errors import UserError
+from autopeft.core.options import Option, OptionGroup, OptionTable
+from autopeft.core.units import parse_duration, parse_memory
+from autopeft.searching.settings import STUDY_NAME, BackendName, PickName, SamplerName
+from autopeft.training.options import DATA_OPTIONS, data_options, train_options
+
+DEFAULT_MAX_STEPS = 150
+
+SEARCH_OPTIONS = OptionTable.of(
+    DATA_OPTIONS,
+    train_options(steps=DEFAULT_MAX_STEPS),
+    OptionGroup("objectives and budgets", (
+        Option("budget", help="max trainable params: 0.5%% of the base model, 120k, 1.5M "
+                              "(default: the space's budget, else 0.5%%)"),
+        Option("memory", help="max estimated peak training memory, e.g. 8GiB, 512MiB"),
+        Option("objectives", "metric,params",
+               help="what to optimise: metric plus any of params, memory (default metric,params)"),
+    )),
+    OptionGroup("search", (
+        Option("space", "hybrid", help="preset name or YAML file (default: hybrid)"),
+        Option("trials", 12, type=int, help="plans to train, at any rung (default 12)"),
+        Option("time_budget", help="stop starting new trials after this long, e.g. 20m"),
+        Option("sampler", "tpe", choices=get_args(SamplerName)),
+        Option("seed", 0, type=int, help="sampler seed; trial n trains with seed + n"),
+        Option("max_failures", 5, type=int, help="stop after this many failed trials"),
+    )),
+    OptionGroup("multi-fidelity (rungs by training steps)", (
+        # the same value as --steps (train_options): the top rung; --steps keeps its own default
+        Option("steps", DEFAULT_MAX_STEPS, type=int, flags=("--max-steps",), hidden_default=True,
+               help=f"full-fidelity training steps, the top rung (default {DEFAULT_MAX_STEPS}; --steps is "
+                    "the same option)"),
+        Option("min_steps", type=int, help="steps of the first rung (default max-steps / eta; "
+                                           "= max-steps: no early stopping)"),
+        Option("eta", 3.0, type=float, help="rung growth factor; the top 1/eta of a rung continue (default 3)"),
+    )),
+    OptionGroup("final stage", (
+        Option("seeds", 3, type=int, help="retrain each front plan with this many seeds (default 3)"),
+        Option("pick", "max-metric", choices=get_args(PickName),
+               help="best/ = best mean metric (default) or the front's knee"),
+    )),
+    OptionGroup("where it runs", (
+        Option("out", help="study directory (default runs/<timestamp>); same --out resumes"),
+        Option("workers", "auto", help="local worker processes sharing the study: a number, or auto = one per "
+                                       "core with one torch thread each (default auto)"),
+        Option("storage", help="Optuna storage URL, e.g. postgresql://host/db (default: SQLite study.db in "
+                               "the study directory)"),
+        Option("study_name", STUDY_NAME, help=f"study name in the storage (default {STUDY_NAME})"),
+        Option("backend", "optuna", choices=get_args(BackendName)),
+        Option("ray_address", help="existing Ray cluster to connect to (default: start a local one)"),
+        Option("ray_cpus_per_trial", 1.0, type=float, help="CPUs per Ray trial (default 1)"),
+        Option("ray_gpus_per_trial", 0.0, type=float, help="GPUs per Ray trial (default 0)"),
+    )),
+    OptionGroup(None, (Option("quiet", False, switch=True),)),
+)
+
+
+def settings_from_options(values: dict[str, Any]):
+    """Checked :class:`~autopeft.searching.settings.SearchSettings` from :data:`SEARCH_OPTIONS` values.
+
+    Everything that can be checked without loading a model is checked here, before anything is loaded.
+    """
+    from autopeft.searching.objectives import parse_objectives
+    from autopeft.searching.settings import SearchSettings
+    from autopeft.searching.threads import resolve_workers
+    from autopeft.training.config import TrainConfig
+
+    if values["trials"] < 1:
+        raise UserError(f"--trials must be >= 1, got {values['trials']}")
+    if values["seeds"] < 1:
+        raise UserError(f"--seeds must be >= 1, got {values['seeds']}")
+    if not values["study_name"].strip():
+        raise UserError("--study-name must not be empty")
+    if values["ray_cpus_per_trial"] <= 0 or values["ray_gpus_per_trial"] < 0:
+        raise UserError("--ray-cpus-per-trial must be > 0 and --ray-gpus-per-trial >= 0")
+    workers, threads = resolve_workers(values["workers"])
+    settings = SearchSettings(
+        data=data_options(values),
+        budget=values["budget"], memory=values["memory"], objectives=parse_objectives(values["objectives"]),
+        space=values["space"], trials=values["trials"],
+        time_budget_s=parse_duration(values["time_budget"]) if values["time_budget"] else None,
+        out=values["out"] or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}",
+        seed=values["seed"], sampler=values["sampler"], max_failures=values["max_failures"],
+        train=TrainConfig(steps=values["steps"], batch_size=values["batch_size"], lr=values["lr"],
+                          precision=values["precision"]),
+        min_steps=values["min_steps"], eta=values["eta"], seeds=values["seeds"], pick=values["pick"],
+        workers=workers, threads=threads, storage=values["storage"], study_name=values["study_name"],
+        backend=values["backend"], ray_address=values["ray_address"],
+        ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
+    )
+    settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded
+    if values["memory"]:
+        parse_memory(values["memory"])
+    return settings

@@ -1,0 +1,215 @@
+"""The study directory: the files a search leaves behind, the storage, and what a resume checks.
+
+    study.db          Optuna storage (SQLite) unless --storage points elsewhere; the source of truth
+    settings.json     the settings that define the study (a resume with other settings is refused),
+                      the storage URL (password removed) and the study name
+    trials.csv        every trial: number, state, status, metric, params, params_pct, memory_bytes,
+                      steps, rung_metrics, retrain_mean, retrain_std, duration_s, seed, reason,
+                      summary, plan (JSON)
+    pareto.csv        the same columns for the front: non-dominated plans among those trained to
+                      full fidelity (the top rung)
+    trials/<n>/       each full-fidelity trial's adapter directory; while a trial trains,
+                      checkpoint.safetensors (removed when it finishes); seed-<s>/ for final-stage
+                      retrainings
+    front/<n>/        every front plan's adapter (the retraining seed with the median metric)
+    best/             the pick: plan.json, adapter.safetensors, autopeft_config.json, metrics.json
+    summary.json      settings, split record, rungs, front with mean ± std, the pick with validation
+                      and test metrics, trial counts, compute spent, machine
+    logs/             output of local worker processes (--workers N)
+
+Trial user attributes: ``plan``, ``params``, ``params_pct``, ``memory_bytes``, ``seed``, ``status``
+(running | complete | stopped | infeasible | failed), ``reason``, ``steps`` (fidelity reached),
+``rung_metrics`` ({steps: validation metric}), ``worker`` (host, pid, heartbeat), ``validation``,
+``train_loss``, ``duration_s`` and the other training records, ``rung_decisions``,
+``interruptions`` and ``resumed_from_step`` (a trial continued from its checkpoint).
+
+Study user attributes: ``settings`` (the whole search definition, for ``autopeft worker``),
+``started_at``, ``sampler_seed:<worker>:<trials at start>``, and, because Optuna forbids changing a
+finished trial, the final stage's ``retrain:<n>`` = ``{"seeds", "values", "mean", "std", "steps"}``
+(also copied into summary.json and front/<n>/metrics.json).
+
+CSV and JSON files are rewritten from the storage after each trial (via a temporary file and a
+rename), so they are never half-written and never disagree with the storage for long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.core.choices import TrialStatus
+from autopeft.core.errors import UserError
+from autopeft.peft.artifacts import write_json
+from autopeft.peft.plan import Plan
+
+COLUMNS = ["number", "state", "status", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
+           "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan"]
+RETRAIN_PREFIX = "retrain:"
+SETTINGS_ATTR = "settings"
+
+
+def normalize_storage_url(url: str) -> str:
+    """``postgresql://`` with whichever PostgreSQL driver is installed (SQLAlchemy 2 defaults to psycopg 3;
+    ``autopeft[postgres]`` installs psycopg2)."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None \
+                and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (any SQLAlchemy URL Optuna accepts); a clear error if unreachable."""
+    url = normalize_storage_url(url)
+    if url.startswith("sqlite"):
+        # several worker processes share one SQLite file: wait for the lock instead of failing at once
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
+    else:
+        kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except ImportError as exc:
+        raise UserError(f"--storage {mask_url(url)}: missing database driver ({exc}); for PostgreSQL "
+                        "install autopeft[postgres]") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot use this URL"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--storage {mask_url(url)}: cannot open the storage ({first[:200]})") from None
+
+
+def mask_url(url: str) -> str:
+    """The URL without its password (it is written into settings.json and logs)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1@", url)
+
+
+class StudyFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / "trials" / f"{number:04d}"
+
+    def checkpoint_path(self, number: int) -> Path:
+        return self.trial_dir(number) / "checkpoint.safetensors"
+
+    def seed_dir(self, number: int, seed: int) -> Path:
+        return self.trial_dir(number) / f"seed-{seed}"
+
+    def front_dir(self, number: int) -> Path:
+        return self.root / "front" / f"{number:04d}"
+
+    def check_resume(self, identity: dict[str, Any]) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create study directory {self.root}: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise UserError(f"study directory {self.root} is not writable (read-only filesystem or no permission); "
+                            "make it writable and re-run the same command to resume")
+        path = self.root / "settings.json"
+        if not path.is_file():
+            return
+        previous = json.loads(path.read_text()).get("identity", {})
+        check_same_identity(previous, identity, str(self.root))
+
+    def write_settings(self, identity: dict[str, Any], extra: dict[str, Any]) -> None:
+        write_json(self.root / "settings.json", {"identity": identity, **extra})
+
+    # --- tables ---------------------------------------------------------------------------
+    def rows(self, study: optuna.Study, base_params: int) -> list[dict[str, Any]]:
+        retrain = retrain_results(study)
+        return [trial_row(t, base_params, retrain.get(t.number)) for t in study.get_trials(deepcopy=False)]
+
+    def write_tables(self, study: optuna.Study, base_params: int, front: list[int]) -> list[dict[str, Any]]:
+        rows = self.rows(study, base_params)
+        on_front = set(front)
+        pareto = sorted((r for r in rows if r["number"] in on_front), key=lambda r: (r["params"], r["number"]))
+        _write_csv(self.root / "trials.csv", rows)
+        _write_csv(self.root / "pareto.csv", pareto)
+        return pareto
+
+    @staticmethod
+    def machine() -> dict[str, Any]:
+        import torch
+        import transformers
+
+        return {"platform": platform.platform(), "processor": platform.processor() or _cpu_model(), "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "optuna": optuna.__version__, "cuda": torch.cuda.is_available()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and bf16 matrix features (benchmarks depend on them; Linux only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    features = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(features) or 'no bf16 matrix instructions'})" if name else ""
+
+
+def check_same_identity(previous: dict[str, Any], identity: dict[str, Any], where: str) -> None:
+    now = json.loads(json.dumps(identity, default=str))
+    if previous != now:
+        raise UserError(f"{where} holds a study with other settings ({_first_difference(previous, now)}); "
+                        "re-run with the same settings to resume, or choose another --out")
+
+
+def trial_row(t: FrozenTrial, base_params: int, retrain: dict[str, Any] | None) -> dict[str, Any]:
+    attrs = t.user_attrs
+    plan = attrs.get("plan")
+    rungs = attrs.get("rung_metrics")
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "status": attrs.get("status", TrialStatus.RUNNING if t.state == TrialState.RUNNING else ""),
+        "metric": t.values[0] if t.values else None,
+        "params": attrs.get("params"),
+        "params_pct": round(100 * attrs["params"] / base_params, 5) if "params" in attrs else None,
+        "memory_bytes": attrs.get("memory_bytes"),
+        "steps": attrs.get("steps", 0),
+        "rung_metrics": json.dumps(rungs, sort_keys=True) if rungs else "",
+        "retrain_mean": retrain["mean"] if retrain else None,
+        "retrain_std": retrain["std"] if retrain else None,
+        "duration_s": attrs.get("duration_s"),
+        "seed": attrs.get("seed"),
+        "reason": attrs.get("reason", ""),
+        "summary": Plan.from_dict(plan).describe() if plan else "",
+        "plan": json.dumps(plan, sort_keys=True) if plan else "",
+    }
+
+
+def retrain_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Final-stage results by trial number (study user attributes ``retrain:<n>``)."""
+    return {int(k[len(RETRAIN_PREFIX):]): v for k, v in study.user_attrs.items()
+            if k.startswith(RETRAIN_PREFIX) and isinstance(v, dict)}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several workers may write at once
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path}: {a!r} before, {b!r} now"

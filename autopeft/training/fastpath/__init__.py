@@ -1,0 +1,2 @@
+"""Speed-ups of a training step that change no result: each has an equality test against the plain step.
+"""

@@ -1,0 +1,71 @@
+"""The model, data and training options that ``search``, ``train`` and ``fuse`` share (and the Python API).
+
+Defined once as :class:`~autopeft.core.options.Option` records; :func:`data_options` turns their values
+into :class:`DataOptions`, the record from which :func:`autopeft.training.pipeline.prepare` loads a model
+and a dataset. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autopeft.core.choices import PRECISIONS, QUANTIZATIONS, TASK_KINDS
+from autopeft.core.errors import UserError
+from autopeft.core.options import Option, OptionGroup, OptionTable
+
+DATA_OPTIONS = OptionTable.of(OptionGroup(None, (
+    Option("model", "minilm", help="built-in alias (minilm, smollm2-135m), local folder or hub id"),
+    Option("dataset", "rotten_tomatoes",
+           help="built-in alias (rotten_tomatoes, bbc_news, hamlet), csv/json/jsonl/parquet file, "
+                "save_to_disk folder, or hub id (name or name:config)"),
+    Option("task", None, choices=TASK_KINDS, help="default: detected"),
+    Option("text_column"),
+    Option("text_pair_column"),
+    Option("label_column"),
+    Option("max_length", 64, type=int, help="tokens per example (default 64)"),
+    Option("split_seed", 0, type=int, help="seed of the train/validation/test split"),
+    Option("trust_remote_code", False, switch=True, help="allow code from the model repository"),
+    Option("quantize", "none", choices=QUANTIZATIONS,
+           help="base projections in 4-bit NF4/FP4 or int8 (QLoRA; bitsandbytes), default none"),
+)))
+
+
+def train_options(steps: int) -> OptionTable:
+    """Training options, with ``steps`` as the default length (search: the top rung; train: 300)."""
+    return OptionTable.of(OptionGroup(None, (
+        Option("steps", steps, type=int, help=f"training steps per trial (default {steps})"),
+        Option("batch_size", 16, type=int),
+        Option("lr", 1e-3, type=float, help="learning rate when the space does not search it"),
+        Option("precision", "bf16", choices=PRECISIONS,
+               help="bf16 = bf16 autocast with fp32 master weights (default); fp32 = full precision"),
+    )))
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    model: str = "minilm"
+    dataset: str = "rotten_tomatoes"
+    task: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    split_seed: int = 0
+    max_length: int = 64
+    trust_remote_code: bool = False
+    quantize: str = "none"  # base projections in nf4 / fp4 / int8 (QLoRA); see autopeft.peft.quantize
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise UserError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.quantize not in QUANTIZATIONS:
+            raise UserError(f"--quantize {self.quantize!r} is not supported; choose one of "
+                            f"{', '.join(QUANTIZATIONS)}")
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def data_options(values: dict[str, Any]) -> DataOptions:
+    """:class:`DataOptions` from option values (parsed arguments or keyword arguments)."""
+    return DataOptions(**{o.name: values[o.name] for o in DATA_OPTIONS.options})
