@@ -2,16 +2,19 @@
 
 import json
 import time
+from dataclasses import fields, replace
 
 import pytest
 
 from autopeft.core.arch import arch_from_config
 from autopeft.core.errors import UserError
 from autopeft.core.units import parse_memory
-from autopeft.memory.estimate import MemorySettings, estimate_memory, estimate_plan_bytes
+from autopeft.memory.estimate import RECIPE_MEMORY, MemorySettings, estimate_memory, estimate_plan_bytes
 from autopeft.memory.measure import measure_training_step
 from autopeft.peft.plan import Plan
 from autopeft.testing import tiny_config, tiny_model
+from autopeft.training.config import TrainConfig
+from autopeft.training.step import StepRecipe, step_recipe
 
 
 def _plan(*entries):
@@ -46,6 +49,38 @@ def test_estimate_bounds_a_padding_free_step(family, task):
     settings = MemorySettings(batch_size=6, seq_len=24, device="cpu", task=task, num_labels=3)
     estimate = estimate_memory(model.config, LORA_ALL, settings).allocated_bytes
     assert measured <= estimate < 1.3 * measured, (estimate, measured)
+
+
+def test_every_switch_of_the_trainers_step_is_declared_by_the_estimator():
+    """A new field of the trainer's step recipe fails here until the estimator says how it models it."""
+    assert set(RECIPE_MEMORY) == {f.name for f in fields(StepRecipe)}
+
+
+_FLIPPED = {"device": "cuda", "eager_attention_max_length": 0}
+
+
+@pytest.mark.parametrize("field", [name for name, (modelled, _) in RECIPE_MEMORY.items() if modelled])
+def test_each_modelled_switch_of_the_step_moves_the_estimate(field):
+    """The trainer's CPU bf16 step of a BERT classifier (every switch on) vs the same step with one switch
+    flipped: each switch the estimator claims to model must change its estimate."""
+    base = step_recipe(TrainConfig(), "cpu")
+    flipped = replace(base, **{field: _FLIPPED.get(field, not getattr(base, field))})
+
+    def estimate(recipe: StepRecipe) -> int:
+        settings = MemorySettings(batch_size=4, seq_len=32, device=recipe.device, task="classification",
+                                  dtype="bf16" if recipe.autocast_bf16 else "fp32", recipe=recipe)
+        return estimate_memory(tiny_config("bert"), LORA_ALL, settings).total_bytes
+
+    assert estimate(base) != estimate(flipped), field
+
+
+def test_the_search_estimates_the_step_its_trainer_runs():
+    """Without a recipe, the settings' step is the trainer's own for that precision and device."""
+    settings = MemorySettings(device="cpu", dtype="bf16")
+    assert settings.step() == step_recipe(TrainConfig(precision="bf16"), "cpu")
+    assert MemorySettings(device="cpu", trainer_kernels=False).step() == StepRecipe.plain("cpu", True)
+    with pytest.raises(ValueError, match="contradict"):
+        MemorySettings(device="cuda", recipe=settings.step())
 
 
 def _estimate(plan=LORA_ALL, **settings):

@@ -11,6 +11,7 @@ from test_conformance import CASES, MIXED, MIXED_INPUT_NORM, method_plan
 from autopeft.peft import unpad
 from autopeft.peft.plan import Plan
 from autopeft.peft.unpad import Packing
+from autopeft.training import step
 from autopeft.training.config import TrainConfig
 from autopeft.training.trial_run import train_plan
 
@@ -20,7 +21,7 @@ MULTIPLE = 8  # the toy batches (~60 real of ~100 positions) get filler rows, an
 
 @pytest.fixture(autouse=True)
 def _toy_pack_multiple(monkeypatch):
-    monkeypatch.setitem(unpad.PACK_MULTIPLE, "cpu", MULTIPLE)
+    monkeypatch.setitem(step.PACK_MULTIPLE, "cpu", MULTIPLE)
 
 
 def _rows(real: int) -> int:
@@ -105,8 +106,8 @@ def test_filler_stops_at_the_max_filled_share(monkeypatch):
 
 
 def test_the_pack_multiple_is_per_device_type():
-    assert unpad.pack_multiple(torch.device("cpu")) == MULTIPLE  # this module's fixture
-    assert unpad.pack_multiple(torch.device("cuda")) == unpad.DEFAULT_PACK_MULTIPLE
+    assert step.step_recipe(TrainConfig(), "cpu").pack_multiple == MULTIPLE  # this module's fixture
+    assert step.step_recipe(TrainConfig(), "cuda").pack_multiple == step.DEFAULT_PACK_MULTIPLE
 
 
 def test_whole_runs_agree_with_and_without_unpadding():

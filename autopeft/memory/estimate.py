@@ -26,11 +26,31 @@ from autopeft.core.choices import Precision, Quantization, TaskKind
 from autopeft.core.errors import UserError
 from autopeft.memory.model import ModelFacts, Shape, StepModel
 from autopeft.peft.plan import Plan
+from autopeft.training.config import TrainConfig
 from autopeft.training.fastpath.head_rows import head_rows_supported
+from autopeft.training.step import StepRecipe, step_recipe
 
 OptimizerName = Literal["adamw", "adamw8bit", "sgd"]
 DeviceName = Literal["cuda", "cpu"]
 TaskName = Literal["auto", TaskKind]
+
+#: How the estimate models each field of the trainer's step (:class:`~autopeft.training.step.StepRecipe`).
+#: tests/test_memory.py checks that every field is here, and that each field said to be modelled changes
+#: the estimate of a probe step when it is switched; a new trainer option must be added here to pass.
+RECIPE_MEMORY: dict[str, tuple[bool, str]] = {
+    "device": (True, "cuda: the CUDA context, foreach AdamW temporaries, fused attention; cpu: none of them"),
+    "autocast_bf16": (True, "2-byte activations and autocast's bf16 copies of weights"),
+    "frozen_bf16_copies": (True, "one resident bf16 copy of each frozen projection, no per-call copies"),
+    "eager_attention_max_length": (True, "eager attention keeps (B, h, T, S) probabilities for backward"),
+    "cpu_kernels": (True, "dropout keeps a 1-byte mask (uint8 multiply) per dropped activation"),
+    "head_rows": (True, "the last block keeps B rows after attention instead of B*T"),
+    "unpad": (False, "bounded: a packed step keeps at most the padded step's rows, and MAX_FILLED_SHARE caps "
+                     "the packing's temporaries (tests/test_memory.py: the padded estimate bounds a packed step)"),
+    "pack_multiple": (False, "bounded as unpad: filler rows are padding rows the padded estimate counts"),
+    "prefix_cache": (False, "not in a step: the session's activation cache is capped at "
+                            "ActivationCache's byte limit (1 GiB by default) and lives across trials"),
+    "compile": (False, "not modelled: off by default (measured not to pay for short trials)"),
+}
 
 CUDA_CONTEXT_BYTES = 500 * 2**20  # CUDA context + kernels, outside torch's allocator (driver-dependent)
 _BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps fp32 states for smaller tensors
@@ -66,6 +86,16 @@ class MemorySettings:
     num_labels: int = 2
     padding: bool = True
     trainer_kernels: bool = True
+    recipe: StepRecipe | None = None  # the trainer's own step (a session's ``recipe(config)``), if known
+
+    def step(self) -> StepRecipe:
+        """The step being estimated: ``recipe`` when given, else the one autopeft's trainer runs for
+        ``dtype`` on ``device`` (``trainer_kernels``) or a plain autocast loop."""
+        if self.recipe is not None:
+            return self.recipe
+        if not self.trainer_kernels:
+            return StepRecipe.plain(self.device, autocast_bf16=self.dtype == "bf16")
+        return step_recipe(TrainConfig(precision=self.dtype), self.device)
 
     def __post_init__(self) -> None:
         for name, kind in (("dtype", Precision), ("quantize", Quantization), ("optimizer", OptimizerName),
@@ -79,6 +109,10 @@ class MemorySettings:
                 raise UserError(f"memory setting {name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise UserError(f"memory setting seq_len must be >= 2, got {self.seq_len}")
+        if self.recipe is not None and (self.recipe.device != self.device
+                                        or self.recipe.autocast_bf16 != (self.dtype == "bf16")):
+            raise ValueError(f"memory settings device={self.device} dtype={self.dtype} contradict the step "
+                             f"recipe {self.recipe}")
 
 
 @dataclass(frozen=True)
@@ -209,17 +243,17 @@ def estimate_memory(arch_or_config: Any, plan: Plan, settings: MemorySettings | 
 
 def _estimate(facts: ModelFacts, plan: Plan, settings: MemorySettings) -> MemoryEstimate:
     arch = facts.arch
-    bf16 = settings.dtype == "bf16"
+    recipe = settings.step()
+    bf16 = recipe.autocast_bf16
     quantized = settings.quantize != "none"
     prompt = sum(int(getattr(p.config, "length", 0)) for p in _input_placements(plan, arch))
     shape = Shape(batch=settings.batch_size, tokens=settings.seq_len, prompt=prompt, act=2 if bf16 else 4,
-                  weight_copy=2 if bf16 else 0, autocast=bf16, cuda=settings.device == "cuda",
+                  weight_copy=2 if bf16 else 0, autocast=bf16, cuda=recipe.device == "cuda",
                   padding=settings.padding, quantized=quantized,
-                  cached_weights=bf16 and settings.trainer_kernels,
-                  fast_dropout=settings.trainer_kernels and settings.device == "cpu",
-                  eager_attention=settings.trainer_kernels and settings.device == "cpu"
-                  and settings.seq_len <= _eager_max_length(),
-                  head_rows=settings.trainer_kernels and head_rows_supported(facts.arch, facts.task))
+                  cached_weights=recipe.frozen_bf16_copies,
+                  fast_dropout=recipe.cpu_kernels,
+                  eager_attention=recipe.eager_attention(settings.seq_len),
+                  head_rows=recipe.head_rows and head_rows_supported(facts.arch, facts.task))
     model = StepModel(facts, plan, shape)
     lines: list[MemoryLine] = []
 
@@ -275,14 +309,6 @@ def _estimate(facts: ModelFacts, plan: Plan, settings: MemorySettings) -> Memory
     lines.append(MemoryLine("framework overhead", overhead,
                             "CUDA context, outside torch's allocator" if shape.cuda else "none on CPU"))
     return MemoryEstimate(allocated + overhead, allocated, overhead, phase, tuple(lines), settings)
-
-
-def _eager_max_length() -> int:
-    try:
-        from autopeft.training.fastpath.step_kernels import EAGER_MAX_LENGTH
-    except ImportError:  # a trainer without CPU eager attention
-        return 0
-    return int(EAGER_MAX_LENGTH)
 
 
 def _cached_projections(model: StepModel) -> list:

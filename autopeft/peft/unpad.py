@@ -18,7 +18,8 @@ same function of the same inputs (tested: losses and gradients equal within floa
 method on every family). Only the padding positions differ: they leave the last block as zeros
 instead of the values the padded model computed for them, which nothing reads (heads read real
 tokens, the loss masks padding). The exception are a few "filler" padding positions packed along
-with the real tokens so that n is a multiple of :func:`pack_multiple` (a fixed set of matmul shapes
+with the real tokens so that n is a multiple of the step recipe's ``pack_multiple``
+(:mod:`autopeft.training.step`; a fixed set of matmul shapes
 for oneDNN's kernel cache): they are computed like any row and, like all padding, ignored.
 
 A batch with less than :data:`MIN_PADDING` padding stays padded. Rotary position embeddings (Llama)
@@ -97,25 +98,11 @@ class Packing:
 # memory estimator's (B, T) activations stay exact for (nearly) full batches (autopeft/memory/model.py).
 MIN_PADDING = 0.1
 
-# Packed row counts are rounded up to a multiple of this, per device type. On CPU, torch runs bf16 matmuls
-# through oneDNN, which JIT-compiles a kernel per (M, K, N) shape and keeps ~1,000 of them: with the exact
-# real-token count as M, nearly every step brought new shapes for its ~50 matmuls, and compiling them
-# (and first-touching the memory they took, ~1,700 page faults per step) cost ~25% of a MiniLM trial's
-# training time (studies/step-speed/pack_multiple.json). Rounding to 32 leaves a handful of shapes, all
-# cached after a few steps, for at most 31 filler rows (~4% more rows at ~430 real tokens). Other devices
-# (CUDA) take tensor-core friendly multiples of 8.
-PACK_MULTIPLE: dict[str, int] = {"cpu": 32}
-DEFAULT_PACK_MULTIPLE = 8
 # Filler stops where the packed rows would pass this share of the positions: the packing's own temporaries
 # (gathers and their gradients) then bring a step's peak memory to the padded step's, which is what the
 # memory estimate bounds (tests/test_memory.py's padding-free step: uncapped, its 89% of the rows measured
 # 4% above the estimate; capped at 75%, it stays below).
 MAX_FILLED_SHARE = 0.75
-
-
-def pack_multiple(device: torch.device) -> int:
-    """The multiple packed row counts are rounded up to on ``device`` (see PACK_MULTIPLE)."""
-    return PACK_MULTIPLE.get(device.type, DEFAULT_PACK_MULTIPLE)
 
 
 _ACTIVE: ContextVar[Packing | None] = ContextVar("autopeft_packing", default=None)
@@ -132,10 +119,12 @@ def unpack_heads(packing: Packing, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def unpadded(model: nn.Module, arch: ModelArch, attention_mask: torch.Tensor, enabled: bool = True) -> Iterator[None]:
-    """During one forward: the blocks run on the real tokens of ``attention_mask`` (B, T) only."""
+def unpadded(model: nn.Module, arch: ModelArch, attention_mask: torch.Tensor, multiple: int,
+             enabled: bool = True) -> Iterator[None]:
+    """During one forward: the blocks run on the real tokens of ``attention_mask`` (B, T) only, packed rows
+    rounded up to ``multiple`` (the step recipe's ``pack_multiple``)."""
     ours = str(getattr(model.config, "_attn_implementation", "")).startswith("autopeft_")
-    packing = (Packing.of(attention_mask, MIN_PADDING, pack_multiple(attention_mask.device))
+    packing = (Packing.of(attention_mask, MIN_PADDING, multiple)
                if enabled and ours and attention_mask.dim() == 2 else None)
     if packing is None:
         yield

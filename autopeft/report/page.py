@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.core.units import format_bytes, format_count
+from autopeft.study.layout import StudyLayout
 from autopeft.study.view import StudyView, TrialView, load_optuna_study
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -176,7 +177,7 @@ def build_report(view: StudyView, out: Path) -> Path:
                                   f"{t.params_pct or 0:.3f}%", format_bytes(t.memory_bytes), t.summary]
                                  for t in front], numeric={2, 3}))
             parts.append(_img(plots.pareto_png(view, work / "pareto.png"), "Pareto front"))
-            html_plot = plots.pareto_html(view, out.parent / "pareto.html")
+            html_plot = plots.pareto_html(view, StudyLayout(out.parent).pareto_html)
             parts.append(f'<p><a href="{html.escape(html_plot.name)}">interactive version</a> (plotly; hover a '
                          "point to see its plan)</p>")
         x_ref, y_ref = view.reference_point()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.core.units import format_count
+from autopeft.study.layout import StudyLayout
 from autopeft.study.view import StudyView, TrialView
 
 FRONT_COLOUR = "#d62728"
@@ -149,4 +150,5 @@ def importance_png(importances: dict[str, float], path: Path, top: int = 15) -> 
 
 def write_pareto_plots(view: StudyView, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"png": pareto_png(view, out_dir / "pareto.png"), "html": pareto_html(view, out_dir / "pareto.html")}
+    layout = StudyLayout(out_dir)
+    return {"png": pareto_png(view, layout.pareto_png), "html": pareto_html(view, layout.pareto_html)}

@@ -32,11 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
-from autopeft.searching.backends.optuna_worker import top_rung_front
+from autopeft.searching.bookkeeping import top_rung_front
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.progress import Reporter
-from autopeft.study.files import RETRAIN_PREFIX
+from autopeft.study.layout import retrain_key
 from autopeft.training.config import TrainConfig
 from autopeft.training.trial_run import train_plan
 
@@ -114,7 +114,7 @@ def retrain(ctx: SearchContext, study: optuna.Study, trial: FrozenTrial, reporte
     values = [float(trial.values[0])] + [run_job(ctx, trial, seed, reporter) for seed in seeds[1:]]
     mean, std = mean_std(values)
     record = {"seeds": seeds, "values": values, "mean": mean, "std": std, "steps": ctx.settings.max_steps}
-    study.set_user_attr(f"{RETRAIN_PREFIX}{trial.number}", record)
+    study.set_user_attr(retrain_key(trial.number), record)
     return record
 
 
@@ -172,7 +172,7 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
                       "std": record["std"], "record": record})
     chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
     metric = ctx.prepared.session.primary_metric
-    shutil.rmtree(ctx.files.root / "front", ignore_errors=True)
+    shutil.rmtree(ctx.files.front_root, ignore_errors=True)
     for entry in front:
         t, record = trials[entry["trial"]], entry["record"]
         seed = median_seed(record)
@@ -217,9 +217,9 @@ def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any], 
     metrics = {**_common_metrics(ctx, trial, seed), "validation": _validation_of(ctx, trial, seed),
                "test": tests[seed], "retrain": record, "pick": ctx.settings.pick,
                "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std}}
-    _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.root / "best", metrics)
-    plan, _, _ = load_adapter(ctx.files.root / "best")
+    _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.best_dir, metrics)
+    plan, _, _ = load_adapter(ctx.files.best_dir)
     reporter.info(f"best: trial {trial.number} (seed {seed}): validation {metrics['validation']}, "
-                  f"test {tests[seed]}; adapter in {ctx.files.root / 'best'}")
+                  f"test {tests[seed]}; adapter in {ctx.files.best_dir}")
     return {**metrics, "plan": plan.describe(ctx.arch)}
 

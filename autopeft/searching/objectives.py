@@ -76,6 +76,7 @@ def estimate_memory(prepared: Prepared, plan: Plan, config: TrainConfig) -> int:
     """
     from autopeft.memory.estimate import estimate_plan_bytes
 
-    device = "cuda" if prepared.session.device.type == "cuda" else "cpu"
-    return int(estimate_plan_bytes(prepared, plan, batch_size=config.batch_size, dtype=config.precision,
-                                   device=device, quantize=getattr(prepared.options, "quantize", "none")))
+    recipe = prepared.session.recipe(config)  # the step the trainer will run, switch for switch
+    return int(estimate_plan_bytes(prepared, plan, batch_size=config.batch_size, recipe=recipe,
+                                   dtype="bf16" if recipe.autocast_bf16 else "fp32", device=recipe.device,
+                                   quantize=getattr(prepared.options, "quantize", "none")))

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from autopeft.core.choices import TrialStatus
 from autopeft.peft.artifacts import write_json
-from autopeft.searching.backends.optuna_worker import steps_spent, top_rung_front
+from autopeft.searching.bookkeeping import steps_spent, top_rung_front
 from autopeft.searching.context import SearchContext, adapter_config, build_context
 from autopeft.searching.interrupt import graceful_interrupts
 from autopeft.searching.progress import Reporter
@@ -78,7 +78,7 @@ def _run_locked(settings: SearchSettings, reporter: Reporter) -> SearchResult:
         reporter.info(f"interrupted: {_interrupted_report(ctx)}; re-run the same command to resume")
         raise
     summary = _summary(ctx, study, stage, time.time() - start)
-    write_json(ctx.files.root / "summary.json", summary)
+    write_json(ctx.files.summary_json, summary)
     return SearchResult(ctx.files.root, summary)
 
 

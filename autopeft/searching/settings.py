@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.searching.rungs import default_min_steps, rung_steps
+from autopeft.study.layout import STUDY_NAME
 from autopeft.training.config import TrainConfig
 from autopeft.training.options import DataOptions
 
-STUDY_NAME = "autopeft"
 SamplerName = Literal["tpe", "nsga2", "gp", "random"]
 PickName = Literal["max-metric", "knee"]
 BackendName = Literal["optuna", "ray"]

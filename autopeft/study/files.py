@@ -1,21 +1,5 @@
-"""The study directory: the files a search leaves behind, the storage, and what a resume checks.
-
-    study.db          Optuna storage (SQLite) unless --storage points elsewhere; the source of truth
-    settings.json     the settings that define the study (a resume with other settings is refused),
-                      the storage URL (password removed) and the study name
-    trials.csv        every trial: number, state, status, metric, params, params_pct, memory_bytes,
-                      steps, rung_metrics, retrain_mean, retrain_std, duration_s, seed, reason,
-                      summary, plan (JSON)
-    pareto.csv        the same columns for the front: non-dominated plans among those trained to
-                      full fidelity (the top rung)
-    trials/<n>/       each full-fidelity trial's adapter directory; while a trial trains,
-                      checkpoint.safetensors (removed when it finishes); seed-<s>/ for final-stage
-                      retrainings
-    front/<n>/        every front plan's adapter (the retraining seed with the median metric)
-    best/             the pick: plan.json, adapter.safetensors, autopeft_config.json, metrics.json
-    summary.json      settings, split record, rungs, front with mean ± std, the pick with validation
-                      and test metrics, trial counts, compute spent, machine
-    logs/             output of local worker processes (--workers N)
+"""Writing the study directory (laid out by :class:`autopeft.study.layout.StudyLayout`): the tables, the
+settings a resume checks, the storage.
 
 Trial user attributes: ``plan``, ``params``, ``params_pct``, ``memory_bytes``, ``seed``, ``status``
 (running | complete | stopped | infeasible | failed), ``reason``, ``steps`` (fidelity reached),
@@ -26,7 +10,7 @@ Trial user attributes: ``plan``, ``params``, ``params_pct``, ``memory_bytes``, `
 Study user attributes: ``settings`` (the whole search definition, for ``autopeft worker``),
 ``started_at``, ``sampler_seed:<worker>:<trials at start>``, and, because Optuna forbids changing a
 finished trial, the final stage's ``retrain:<n>`` = ``{"seeds", "values", "mean", "std", "steps"}``
-(also copied into summary.json and front/<n>/metrics.json).
+(also copied into summary.json and front/<n>/metrics.json; see :mod:`autopeft.study.layout`).
 
 CSV and JSON files are rewritten from the storage after each trial (via a temporary file and a
 rename), so they are never half-written and never disagree with the storage for long.
@@ -49,10 +33,10 @@ from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import write_json
 from autopeft.peft.plan import Plan
+from autopeft.study.layout import StudyLayout, retrain_records
 
 COLUMNS = ["number", "state", "status", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
            "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan"]
-RETRAIN_PREFIX = "retrain:"
 SETTINGS_ATTR = "settings"
 
 
@@ -91,25 +75,8 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1@", url)
 
 
-class StudyFiles:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    @property
-    def storage_url(self) -> str:
-        return f"sqlite:///{(self.root / 'study.db').resolve()}"
-
-    def trial_dir(self, number: int) -> Path:
-        return self.root / "trials" / f"{number:04d}"
-
-    def checkpoint_path(self, number: int) -> Path:
-        return self.trial_dir(number) / "checkpoint.safetensors"
-
-    def seed_dir(self, number: int, seed: int) -> Path:
-        return self.trial_dir(number) / f"seed-{seed}"
-
-    def front_dir(self, number: int) -> Path:
-        return self.root / "front" / f"{number:04d}"
+class StudyFiles(StudyLayout):
+    """A study directory's layout plus what a search writes into it."""
 
     def check_resume(self, identity: dict[str, Any]) -> None:
         try:
@@ -119,26 +86,25 @@ class StudyFiles:
         if not os.access(self.root, os.W_OK):
             raise UserError(f"study directory {self.root} is not writable (read-only filesystem or no permission); "
                             "make it writable and re-run the same command to resume")
-        path = self.root / "settings.json"
-        if not path.is_file():
+        if not self.settings_json.is_file():
             return
-        previous = json.loads(path.read_text()).get("identity", {})
+        previous = json.loads(self.settings_json.read_text()).get("identity", {})
         check_same_identity(previous, identity, str(self.root))
 
     def write_settings(self, identity: dict[str, Any], extra: dict[str, Any]) -> None:
-        write_json(self.root / "settings.json", {"identity": identity, **extra})
+        write_json(self.settings_json, {"identity": identity, **extra})
 
     # --- tables ---------------------------------------------------------------------------
     def rows(self, study: optuna.Study, base_params: int) -> list[dict[str, Any]]:
-        retrain = retrain_results(study)
+        retrain = retrain_records(study.user_attrs)
         return [trial_row(t, base_params, retrain.get(t.number)) for t in study.get_trials(deepcopy=False)]
 
     def write_tables(self, study: optuna.Study, base_params: int, front: list[int]) -> list[dict[str, Any]]:
         rows = self.rows(study, base_params)
         on_front = set(front)
         pareto = sorted((r for r in rows if r["number"] in on_front), key=lambda r: (r["params"], r["number"]))
-        _write_csv(self.root / "trials.csv", rows)
-        _write_csv(self.root / "pareto.csv", pareto)
+        _write_csv(self.trials_csv, rows)
+        _write_csv(self.pareto_csv, pareto)
         return pareto
 
     @staticmethod
@@ -193,12 +159,6 @@ def trial_row(t: FrozenTrial, base_params: int, retrain: dict[str, Any] | None) 
         "summary": Plan.from_dict(plan).describe() if plan else "",
         "plan": json.dumps(plan, sort_keys=True) if plan else "",
     }
-
-
-def retrain_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
-    """Final-stage results by trial number (study user attributes ``retrain:<n>``)."""
-    return {int(k[len(RETRAIN_PREFIX):]): v for k, v in study.user_attrs.items()
-            if k.startswith(RETRAIN_PREFIX) and isinstance(v, dict)}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -21,15 +21,15 @@ from typing import Any
 
 from autopeft.core.errors import UserError
 from autopeft.core.faults import environment_error
+from autopeft.study.layout import StudyLayout
 
 log = logging.getLogger("autopeft")
-LOCK_NAME = ".search.lock"
 
 
 class StudyLock:
     def __init__(self, root: Path, join_hint: str = "") -> None:
         self.root = root
-        self.path = root / LOCK_NAME
+        self.path = StudyLayout(root).lock_file
         self.join_hint = join_hint
         self._fd: int | None = None
 

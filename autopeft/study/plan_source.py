@@ -15,6 +15,7 @@ from typing import Any
 
 from autopeft.core.errors import UserError
 from autopeft.peft.plan import Plan
+from autopeft.study.layout import StudyLayout
 
 _TRIAL_SUFFIX = re.compile(r"^(?P<path>.+):(?P<trial>\d+)$")
 
@@ -32,8 +33,7 @@ class PlanSource:
 
 
 def is_study_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "study.db").is_file() or (path / "settings.json").is_file()) \
-        and not (path / "autopeft_config.json").is_file()
+    return path.is_dir() and StudyLayout(path).is_study() and not (path / "autopeft_config.json").is_file()
 
 
 def resolve_plan_source(text: str | Path, trial: int | None = None) -> PlanSource:

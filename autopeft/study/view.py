@@ -31,8 +31,7 @@ from typing import Any
 from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.peft.plan import Plan
-
-DEFAULT_STUDY_NAME = "autopeft"
+from autopeft.study.layout import STUDY_NAME, StudyLayout, retrain_records
 
 
 @dataclass
@@ -120,6 +119,10 @@ class StudyView:
     budget_params: int | None
     baselines: list[Baseline] = field(default_factory=list)
 
+    @property
+    def layout(self) -> StudyLayout:
+        return StudyLayout(self.root)
+
     # --- selections --------------------------------------------------------------------------
     @property
     def completed(self) -> list[TrialView]:
@@ -150,7 +153,7 @@ class StudyView:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials:
-            key = "infeasible" if t.status == TrialStatus.INFEASIBLE else t.state
+            key = TrialStatus.INFEASIBLE.value if t.status == TrialStatus.INFEASIBLE else t.state
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -211,9 +214,10 @@ def storage_of(root: Path, settings: dict[str, Any]) -> tuple[str, str]:
     settings.json records (``--storage``, e.g. PostgreSQL; its password is not recorded, so it must be
     reachable without one, e.g. through ``~/.pgpass``).
     """
-    name = settings.get("study_name") or DEFAULT_STUDY_NAME
-    if (root / "study.db").is_file():
-        return f"sqlite:///{(root / 'study.db').resolve()}", str(name)
+    name = settings.get("study_name") or STUDY_NAME
+    layout = StudyLayout(root)
+    if layout.study_db.is_file():
+        return layout.storage_url, str(name)
     url = settings.get("storage")
     if not url:
         raise UserError(f"{root} is not a study directory (no study.db)")
@@ -223,7 +227,7 @@ def storage_of(root: Path, settings: dict[str, Any]) -> tuple[str, str]:
 def load_optuna_study(root: Path, settings: dict[str, Any] | None = None):
     import optuna
 
-    settings = settings if settings is not None else _read_json(root / "settings.json")
+    settings = settings if settings is not None else _read_json(StudyLayout(root).settings_json)
     url, name = storage_of(root, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -239,8 +243,9 @@ def load_study_view(root: str | Path) -> StudyView:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a study directory (no such directory)")
-    settings = _read_json(root / "settings.json")
-    summary = _read_json(root / "summary.json")
+    layout = StudyLayout(root)
+    settings = _read_json(layout.settings_json)
+    summary = _read_json(layout.summary_json)
     study = load_optuna_study(root, settings)
     base = int(settings.get("base_params") or summary.get("base_params") or 0)
     budget = settings.get("budget_params") or summary.get("budget_params")
@@ -270,19 +275,13 @@ def load_study_view(root: str | Path) -> StudyView:
         ))
     view = StudyView(root, settings, summary, trials, str(metric), greater, base,
                      int(budget) if budget else None)
-    view.baselines = _baselines(root, view)
+    view.baselines = _baselines(view)
     return view
-
-
-RETRAIN_PREFIX = "retrain:"  # study user attribute per retrained trial: "retrain:<number>"
 
 
 def _retrain_records(study, summary: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Final-stage retrain records, from the study's user attributes or summary.json's front."""
-    records: dict[int, dict[str, Any]] = {}
-    for key, value in study.user_attrs.items():
-        if key.startswith(RETRAIN_PREFIX) and key[len(RETRAIN_PREFIX):].isdigit() and isinstance(value, dict):
-            records[int(key[len(RETRAIN_PREFIX):])] = value
+    records = retrain_records(study.user_attrs)
     for entry in summary.get("front") or []:
         if isinstance(entry, dict) and isinstance(entry.get("retrain"), dict) and "trial" in entry:
             records.setdefault(int(entry["trial"]), entry["retrain"])
@@ -302,10 +301,10 @@ def _front_numbers(study, summary: dict[str, Any], frozen) -> set[int]:
     return {t.number for t in study.best_trials}
 
 
-def _baselines(root: Path, view: StudyView) -> list[Baseline]:
+def _baselines(view: StudyView) -> list[Baseline]:
     out = [Baseline(t.baseline, t.metric_mean, t.params) for t in view.completed  # type: ignore[arg-type]
            if t.baseline]
-    folder = root / "baselines"
+    folder = view.layout.baselines_dir
     if folder.is_dir():
         for sub in sorted(p for p in folder.iterdir() if (p / "metrics.json").is_file()):
             metrics = _read_json(sub / "metrics.json")

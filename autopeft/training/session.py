@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autopeft.core.arch import ModelArch
-from autopeft.core.choices import Precision, TaskKind
+from autopeft.core.choices import TaskKind
 from autopeft.core.errors import UserError
 from autopeft.peft.inject import head_parameters, inject
 from autopeft.peft.plan import Plan
@@ -61,6 +61,7 @@ from autopeft.training.fastpath.activation_cache import (
     first_trained_layer,
 )
 from autopeft.training.fastpath.head_rows import head_rows_only
+from autopeft.training.step import StepRecipe, step_recipe
 
 BUCKET_BATCHES = 50  # batches per length-sorted bucket run (as HF's LengthGroupedSampler)
 
@@ -156,15 +157,16 @@ class Session:
         prefix = FrozenPrefix(self, prefix_layer if config.prefix_cache != "off" else 0, store=None)
         predictions = torch.empty(len(order), dtype=torch.long)
         total_loss, total_tokens = 0.0, 0
-        with self.frozen.cast(self._low_precision(config.precision)):
+        recipe = self.recipe(config)
+        with self.frozen.cast(recipe.frozen_bf16_copies):
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
                 batch = self._collate(data, index)
-                with self.autocast(config.precision):
+                with self.autocast(recipe.autocast_bf16):
                     hidden = prefix.eval_hidden(split, batch_size, start, batch) if prefix.active else None
                     with (prefix.feeding(hidden),
                           head_rows_only(self.model, self.arch, batch["attention_mask"], self.task,
-                                         enabled=config.head_rows)):
+                                         enabled=recipe.head_rows)):
                         if self.task == "classification":
                             logits = self.model(input_ids=batch["input_ids"],
                                                 attention_mask=batch["attention_mask"]).logits
@@ -242,11 +244,12 @@ class Session:
                                ignore_index=-100, reduction=reduction)
         return loss, int((targets != -100).sum())
 
-    def autocast(self, precision: Precision):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._low_precision(precision))
+    def recipe(self, config: TrainConfig) -> StepRecipe:
+        """How a step of ``config`` runs on this session's device (:mod:`autopeft.training.step`)."""
+        return step_recipe(config, self.device.type, bf16_supported(self.device))
 
-    def _low_precision(self, precision: Precision) -> bool:
-        return precision == "bf16" and bf16_supported(self.device)
+    def autocast(self, bf16: bool):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _bucket_by_length(batches: list[list[int]], data: TokenizedSplit,

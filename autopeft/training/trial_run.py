@@ -102,6 +102,7 @@ class TrialRun:
         self.session = session
         self.handle = handle
         self.config = config
+        self.recipe = session.recipe(config)  # every switch of the step, as the memory estimator sees it
         self.step = 0
         self.losses: list[float] = []
         self.step_times: list[float] = []
@@ -114,7 +115,7 @@ class TrialRun:
         # the plan's first layer k: the hidden states entering it come from the session's cache
         self.prefix_layer = first_trained_layer(handle.plan, session.arch)
         self.prefix = FrozenPrefix(session, self.prefix_layer if config.cache_dtype else 0, config.cache_dtype)
-        if config.compile:  # the plan's modules are in place: compile this structure (undone by close())
+        if self.recipe.compile:  # the plan's modules are in place: compile this structure (undone by close())
             session.model.compile(dynamic=True)
 
     # --- training -------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class TrialRun:
         batches = session.train_batches(config, skip=self.step)
         session.model.train()
         try:
-            with session.frozen.cast(session._low_precision(config.precision)):
+            with session.frozen.cast(self.recipe.frozen_bf16_copies):
                 self._advance(to_step, batches, progress)
         finally:
             session.model.eval()
@@ -138,15 +139,16 @@ class TrialRun:
 
         Cached frozen prefix, CPU attention kernels and dropout, padding-free blocks, a last block on the
         head's rows only: see the modules."""
-        config, session = self.config, self.session
+        recipe, session = self.recipe, self.session
         width = batch["input_ids"].shape[1]
-        with session.autocast(config.precision):
+        with session.autocast(recipe.autocast_bf16):
             hidden = self.prefix.train_hidden("train", batch["index"].tolist(), width) if self.prefix.active else None
-            with (self.prefix.feeding(hidden), training_attention(session.model, session.device, width),
-                  cpu_step_kernels(session.device),
-                  unpadded(session.model, session.arch, batch["attention_mask"], enabled=config.unpad),
+            with (self.prefix.feeding(hidden), training_attention(session.model, recipe.eager_attention(width)),
+                  cpu_step_kernels(recipe.cpu_kernels),
+                  unpadded(session.model, session.arch, batch["attention_mask"], recipe.pack_multiple,
+                           enabled=recipe.unpad),
                   head_rows_only(session.model, session.arch, batch["attention_mask"], session.task,
-                                 enabled=config.head_rows)):
+                                 enabled=recipe.head_rows)):
                 loss = session.loss(batch)
             return loss, self.handle.regularization()
 
@@ -235,7 +237,7 @@ class TrialRun:
 
     # --- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
-        if self.config.compile:
+        if self.recipe.compile:
             self.session.model._compiled_call_impl = None  # what nn.Module.compile() set
         self.handle.remove()
 

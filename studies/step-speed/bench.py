@@ -102,7 +102,7 @@ class AutopeftSide:
         # steady state: the prefix cache is warm (it is computed once per session and first layer k)
         t = time.perf_counter()
         if self.run.prefix.active:
-            with session.autocast("bf16"), session.frozen.cast(True):
+            with session.autocast(True), session.frozen.cast(True):
                 self.run.prefix.warm()
         self.warmup_s = time.perf_counter() - t
 
@@ -197,11 +197,13 @@ def step_flops(arch, plan, rows: float, batch: int, width: float) -> float:
 def batch_shape(batches) -> tuple[float, float, float]:
     """Mean real tokens, mean rows the blocks run on (autopeft/peft/unpad.py's packing on the batch's device)
     and mean width (padded length) of a batch."""
-    from autopeft.peft.unpad import MIN_PADDING, Packing, pack_multiple
+    from autopeft.peft.unpad import MIN_PADDING, Packing
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.step import step_recipe
 
     batches = list(batches)
     masks = [b["attention_mask"] for b in batches]
-    packings = [Packing.of(m, MIN_PADDING, pack_multiple(m.device)) for m in masks]
+    packings = [Packing.of(m, MIN_PADDING, step_recipe(TrainConfig(), m.device.type).pack_multiple) for m in masks]
     return (statistics.mean(float(m.sum()) for m in masks),
             statistics.mean(float(m.numel() if p is None else p.tokens) for m, p in zip(masks, packings, strict=True)),
             statistics.mean(float(m.shape[1]) for m in masks))

@@ -56,7 +56,7 @@ def main() -> None:
 
         def step():
             with frozen.cast(True), torch.autocast("cpu", dtype=torch.bfloat16), \
-                    training_attention(model, torch.device("cpu"), 64), cpu_step_kernels(torch.device("cpu")):
+                    training_attention(model, True), cpu_step_kernels(True):
                 logits = model(**batch).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)
                 loss.backward()

@@ -3,7 +3,7 @@
 On CPU, bf16 matmuls run through oneDNN, which compiles a kernel per matmul shape and caches ~1,000 of
 them. Padding-free blocks (``autopeft/peft/unpad.py``) make the token count M of ~50 matmuls per step the
 batch's real-token count, new almost every step. This script runs, for each ``--multiples`` value of
-``autopeft.peft.unpad.PACK_MULTIPLE["cpu"]`` (1 = the exact count), a fresh process (oneDNN's cache is per
+``autopeft.training.step.PACK_MULTIPLE["cpu"]`` (1 = the exact count), a fresh process (oneDNN's cache is per
 process, as it is per search worker) that trains ``--trials`` trials one after another (plans 0, 1, ...
 of ``studies/trial-throughput/bench.py``: LoRA hybrids, their seeds and learning rates, ``--steps``
 steps then validation), and records each trial's training and validation seconds, median step, minor
@@ -42,11 +42,11 @@ def _faults() -> int:
 
 def run_process(args, multiple: int, repeat: int) -> list[dict]:
     """One fresh process: load, then the trials one after another with this pack multiple."""
-    from autopeft.peft import unpad
+    from autopeft.training import step
     from autopeft.training.config import TrainConfig
     from autopeft.training.trial_run import start_run
 
-    unpad.PACK_MULTIPLE["cpu"] = multiple
+    step.PACK_MULTIPLE["cpu"] = multiple
     session = prepare_minilm(args).session
     rows = []
     for index, plan in enumerate(sample_plans(args.trials)):

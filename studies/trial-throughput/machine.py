@@ -16,7 +16,7 @@ trials/hour = trials / wall time of the phase (setup included). The phases run o
 so, unlike ``bench.py``, load from other processes is not shared fairly: run it on an idle machine (the
 load averages are recorded, and so are this machine's 1024² matmul rates on one thread, bf16 and fp32).
 
-``--pack-multiples 32,1`` runs the autopeft phase once per value of ``autopeft.peft.unpad.PACK_MULTIPLE["cpu"]``
+``--pack-multiples 32,1`` runs the autopeft phase once per value of ``autopeft.training.step.PACK_MULTIPLE["cpu"]``
 (fresh workers each time): the first is the result, the others an ablation in the same run.
 
     .venv/bin/python studies/trial-throughput/machine.py      # machine.json / machine.csv (~20 min on 2 cores)
@@ -49,11 +49,11 @@ def autopeft_worker(plans: list[dict], steps: int, threads: int, pack_multiple: 
     """One worker of the autopeft layout: its own session, then its share of the plans."""
     import argparse
 
-    from autopeft.peft import unpad
+    from autopeft.training import step
     from autopeft.training.config import TrainConfig
     from autopeft.training.trial_run import train_plan
 
-    unpad.PACK_MULTIPLE["cpu"] = pack_multiple
+    step.PACK_MULTIPLE["cpu"] = pack_multiple
 
     prepared = prepare_minilm(argparse.Namespace(threads=threads))
     rows = []
@@ -100,16 +100,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--plans", type=int, default=10)
     parser.add_argument("--pack-multiples", type=positive_ints, default=None,
-                        help="comma-separated autopeft.peft.unpad.PACK_MULTIPLE['cpu'] values; default: the library's")
+                        help="comma-separated autopeft.training.step.PACK_MULTIPLE['cpu'] values; default: the library's")
     args = parser.parse_args()
     import torch
 
-    from autopeft.peft import unpad
     from autopeft.searching.threads import available_cpus
+    from autopeft.training import step
 
     cpus = available_cpus()
     plans = sample_plans(args.plans)
-    multiples = args.pack_multiples or [unpad.PACK_MULTIPLE["cpu"]]
+    multiples = args.pack_multiples or [step.PACK_MULTIPLE["cpu"]]
     torch.set_num_threads(1)
     peaks = {"bf16_matmul_1024_gflops_1_thread": matmul_peak(torch.bfloat16),
              "fp32_matmul_1024_gflops_1_thread": matmul_peak(torch.float32)}

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from autopeft.core.errors import UserError
+from autopeft.study.layout import StudyLayout
 
 ADAPTER_FILES = ("plan.json", "adapter.safetensors", "autopeft_config.json", "metrics.json")
 
@@ -27,18 +28,18 @@ def adapter_dir_of(source: str | Path, trial: int | None = None) -> Path:
     path = Path(source)
     if (path / "autopeft_config.json").is_file() and trial is None:
         return path
-    if not (path / "study.db").is_file() and not (path / "settings.json").is_file():
+    layout = StudyLayout(path)
+    if not layout.is_study():
         if trial is not None:
             raise UserError(f"--trial needs a study directory; {path} is not one (no study.db)")
         raise UserError(f"{path} is neither a study directory (study.db) nor an adapter directory "
                         "(autopeft_config.json)")
     if trial is None:
-        if not (path / "best" / "autopeft_config.json").is_file():
+        if not (layout.best_dir / "autopeft_config.json").is_file():
             raise UserError(f"{path} has no best/ adapter yet (the search has not finished); pass --trial N")
-        return path / "best"
+        return layout.best_dir
     # a front plan retrained at full fidelity (front/<n>) is preferred to its search-fidelity adapter
-    for candidate in (path / "front" / str(trial), path / "front" / f"{trial:04d}", path / "trials" / f"{trial:04d}",
-                      path / "trials" / str(trial)):
+    for candidate in layout.adapter_candidates(trial):
         if (candidate / "autopeft_config.json").is_file():
             return candidate
     raise UserError(f"{path} has no adapter for trial {trial} (only completed trials have one; "

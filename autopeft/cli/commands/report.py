@@ -18,6 +18,6 @@ def run(args: argparse.Namespace) -> int:
     from autopeft.study.view import load_study_view
 
     view = load_study_view(Path(args.study_dir))
-    out = build_report(view, Path(args.out) if args.out else view.root / "report.html")
+    out = build_report(view, Path(args.out) if args.out else view.layout.report_html)
     print(f"wrote {out}")
     return 0

@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 
 from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
 from autopeft.core.errors import UserError
-from autopeft.searching.backends.optuna_worker import Worker, counted
+from autopeft.searching.backends.optuna_worker import Worker
+from autopeft.searching.bookkeeping import counted
 from autopeft.searching.context import SearchContext, open_study, record_settings
 from autopeft.searching.final_stage import jobs, run_share
 from autopeft.searching.interrupt import graceful_interrupts
@@ -60,7 +61,7 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
         apply_threads(settings.threads)
     processes = [_spawn(ctx, i) for i in range(1, settings.workers)] if _work_left(ctx, study) else []
     if processes:
-        reporter.info(f"{len(processes)} worker processes started; their logs are in {ctx.files.root / 'logs'}")
+        reporter.info(f"{len(processes)} worker processes started; their logs are in {ctx.files.logs_dir}")
     try:
         Worker(ctx, study, reporter, started=study.user_attrs[STARTED_ATTR], wait_for_others=True).run()
         if processes:  # the final stage's retrainings, split with the worker processes
@@ -85,7 +86,7 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
                 p.wait()
     failed = [i + 1 for i, p in enumerate(processes) if p.returncode not in (0, None)]
     if failed:
-        reporter.info(f"worker processes {failed} exited with errors; see {ctx.files.root / 'logs'}")
+        reporter.info(f"worker processes {failed} exited with errors; see {ctx.files.logs_dir}")
     return study
 
 
@@ -98,14 +99,13 @@ def _work_left(ctx: SearchContext, study: optuna.Study) -> bool:
 
 
 def _spawn(ctx: SearchContext, index: int) -> subprocess.Popen[Any]:
-    logs = ctx.files.root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    ctx.files.logs_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "autopeft", "worker", "--storage", ctx.storage_url,
                "--study", ctx.settings.study_name, "--out", str(Path(ctx.settings.out).resolve()),
                "--worker-index", str(index), "--share-of", str(ctx.settings.workers),
                "--threads", str(ctx.settings.threads),
                "--parent-pid", str(os.getpid())]
-    with open(logs / f"worker-{index}.log", "ab") as log:
+    with open(ctx.files.worker_log(index), "ab") as log:
         # a session of its own: Ctrl-C in the terminal reaches the coordinator only, which passes it on
         # once (a second SIGINT would stop a worker mid-step); a killed coordinator is noticed by the
         # worker's orphan watch (autopeft.searching.liveness.exit_when_orphaned)

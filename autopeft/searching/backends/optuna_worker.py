@@ -29,6 +29,16 @@ from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.core.faults import environment_error
 from autopeft.peft.artifacts import save_adapter
+from autopeft.searching.bookkeeping import (
+    counted,
+    record_complete,
+    record_failed,
+    record_rung,
+    record_stopped,
+    rung_entries,
+    steps_spent,
+    top_rung_front,
+)
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check
 from autopeft.searching.liveness import (
@@ -38,44 +48,14 @@ from autopeft.searching.liveness import (
     requeue,
     stamp_claim,
 )
-from autopeft.searching.objectives import Objectives
 from autopeft.searching.progress import Reporter
-from autopeft.searching.promotion import Decision, decide, pareto_front
+from autopeft.searching.promotion import Decision, decide
 from autopeft.searching.proposal import Proposal, propose
 from autopeft.searching.rung_run import RungResult, train_through_rungs
 from autopeft.training.session import Metrics
 
 MAX_CONSECUTIVE_INFEASIBLE = 50  # repairs always fit, so this only guards against bugs
 POLL_S = 2.0
-
-
-def counted(study: optuna.Study, below: int | None = None) -> int:
-    """Plans that train or trained (optionally only those numbered below ``below``)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("status") in TRAINED_OR_TRAINING and t.state != TrialState.FAIL
-               and (below is None or t.number < below))
-
-
-def steps_spent(study: optuna.Study) -> int:
-    """Training steps of the search so far (the fidelity each trial reached; final stage excluded)."""
-    return sum(int(t.user_attrs.get("steps", 0)) for t in study.get_trials(deepcopy=False))
-
-
-def rung_entries(study: optuna.Study, objectives: Objectives, rung: int) -> dict[int, tuple[float, ...]]:
-    """Every trial's minimised objective vector at ``rung`` (trials that reached it, in any state)."""
-    entries = {}
-    for t in study.get_trials(deepcopy=False):
-        value = (t.user_attrs.get("rung_metrics") or {}).get(str(rung))
-        if value is not None and "params" in t.user_attrs:
-            entries[t.number] = objectives.minimised(value, t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
-    return entries
-
-
-def top_rung_front(study: optuna.Study, objectives: Objectives) -> list[int]:
-    """Trial numbers of the non-dominated plans among those trained to full fidelity (COMPLETE)."""
-    complete = {t.number: objectives.minimised(t.values[0], t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "params" in t.user_attrs}
-    return pareto_front(complete)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -177,10 +157,7 @@ class Worker:
         self._finish(trial, proposal, result)
 
     def _at_rung(self, trial: optuna.Trial, proposal: Proposal, rung: int, metrics: Metrics) -> bool:
-        rung_metrics = dict(trial.user_attrs.get("rung_metrics") or {})
-        rung_metrics[str(rung)] = metrics.value
-        trial.set_user_attr("rung_metrics", rung_metrics)
-        trial.set_user_attr("steps", rung)
+        record_rung(trial, rung, metrics.value)
         if rung == self.ctx.rungs[-1]:
             return True
         entries = rung_entries(self.study, self.ctx.objectives, rung)
@@ -205,9 +182,7 @@ class Worker:
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
         self.failures += 1
         reason = failure_reason(exc)
-        trial.set_user_attr("status", TrialStatus.FAILED)
-        trial.set_user_attr("reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
+        record_failed(self.study, trial, reason)
         self.reporter.trial_failed(trial.number, reason)
         self._sync()
         self.write_tables()
@@ -223,18 +198,14 @@ class Worker:
             assert outcome is not None
             save_adapter(ctx.files.trial_dir(trial.number), proposal.plan, outcome.state,
                          adapter_config(ctx.prepared, proposal.config), metrics={"validation": outcome.validation.values})
-            for key, value in outcome.record().items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("status", TrialStatus.COMPLETE)
-            self.study.tell(trial, ctx.objectives.values(outcome.validation.value, proposal.params, proposal.memory))
+            record_complete(self.study, trial, outcome.record(),
+                            ctx.objectives.values(outcome.validation.value, proposal.params, proposal.memory))
             self.reporter.trial_done(trial.number, outcome.validation.name, outcome.validation.value,
                                      outcome.duration_s, len(top_rung_front(self.study, ctx.objectives)))
         else:
-            trial.set_user_attr("status", TrialStatus.STOPPED)
-            trial.set_user_attr("reason", f"stopped at rung {result.steps} (dominated by plans at that rung)")
-            trial.set_user_attr("validation", result.validation.values if result.validation else {})
-            trial.set_user_attr("duration_s", round(result.train_seconds, 3))
-            self.study.tell(trial, state=TrialState.PRUNED)
+            record_stopped(self.study, trial, result.steps,
+                           {"validation": result.validation.values if result.validation else {},
+                            "duration_s": round(result.train_seconds, 3)})
             self.reporter.trial_pruned(trial.number, f"stopped at rung {result.steps}", started=True)
         # only once the storage has the outcome: a kill before the tell resumes from the checkpoint
         _remove_checkpoint(checkpoint)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -35,7 +34,15 @@ from ray.tune.search.optuna import OptunaSearch
 from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.searching.backends.local import STARTED_ATTR, prepare_study
-from autopeft.searching.backends.optuna_worker import counted, rung_entries, top_rung_front
+from autopeft.searching.bookkeeping import (
+    counted,
+    record_complete,
+    record_failed,
+    record_rung,
+    record_stopped,
+    rung_entries,
+    top_rung_front,
+)
 from autopeft.searching.context import SearchContext
 from autopeft.searching.liveness import claim_interrupted
 from autopeft.searching.objectives import METRIC_NAMES, Objectives
@@ -93,10 +100,7 @@ class AutopeftOptunaSearch(OptunaSearch):
         trial = self._ot_trials.get(trial_id)
         if trial is None or "rung" not in result:
             return
-        rung_metrics = dict(trial.user_attrs.get("rung_metrics") or {})
-        rung_metrics[str(result["rung"])] = result["rung_metric"]
-        trial.set_user_attr("rung_metrics", rung_metrics)
-        trial.set_user_attr("steps", int(result["rung"]))
+        record_rung(trial, int(result["rung"]), result["rung_metric"])
         trial.set_user_attr("worker", {"host": result.get("hostname"), "pid": result.get("pid"),
                                        "node": result.get("node"), "beat": time.time(), "claimed": time.time()})
         trial.set_user_attr("node", result.get("node"))
@@ -113,23 +117,17 @@ class AutopeftOptunaSearch(OptunaSearch):
         if error or not result or "rung" not in result:
             self.failures += 1
             reason = "the Ray trial raised an error; see its log under ray/ in the study directory"
-            trial.set_user_attr("status", TrialStatus.FAILED)
-            trial.set_user_attr("reason", reason)
-            self._ot_study.tell(trial, state=TrialState.FAIL)
+            record_failed(self._ot_study, trial, reason)
             self.reporter.trial_failed(number, reason)
         elif result.get("complete"):
             record = json.loads(result["record"])
-            for key, value in record.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("status", TrialStatus.COMPLETE)
-            self._ot_study.tell(trial, ctx.objectives.values(result["rung_metric"], trial.user_attrs["params"],
-                                                             trial.user_attrs.get("memory_bytes")))
+            record_complete(self._ot_study, trial, record,
+                            ctx.objectives.values(result["rung_metric"], trial.user_attrs["params"],
+                                                  trial.user_attrs.get("memory_bytes")))
             self.reporter.trial_done(number, ctx.prepared.session.primary_metric, result["rung_metric"],
                                      record.get("duration_s", 0.0), len(top_rung_front(self._ot_study, ctx.objectives)))
         else:
-            trial.set_user_attr("status", TrialStatus.STOPPED)
-            trial.set_user_attr("reason", f"stopped at rung {result['rung']} (dominated by plans at that rung)")
-            self._ot_study.tell(trial, state=TrialState.PRUNED)
+            record_stopped(self._ot_study, trial, result["rung"])
             self.reporter.trial_pruned(number, f"stopped at rung {result['rung']}", started=True)
         ctx.files.write_tables(self._ot_study, ctx.base_params, top_rung_front(self._ot_study, ctx.objectives))
 
@@ -269,14 +267,14 @@ def run_ray(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name="tune", storage_path=str((ctx.files.root / "ray").resolve()), verbose=0,
+            run_config=tune.RunConfig(name="tune", storage_path=str(ctx.files.ray_dir.resolve()), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       log_to_file=True),
         )
         tuner.fit()
         if searcher.failures >= settings.max_failures:
             raise UserError(f"{searcher.failures} trials failed; see trials.csv and the Ray logs under "
-                            f"{ctx.files.root / 'ray'}")
+                            f"{ctx.files.ray_dir}")
     finally:
         if started_ray:
             ray.shutdown()

@@ -4,7 +4,8 @@
   that kernel's *backward* is slow for short sequences: profiling a MiniLM LoRA step (batch 16 x 64)
   put 38% of the step in ``_scaled_dot_product_flash_attention_for_cpu_backward``; SDPA's math path
   cost less, transformers' eager attention (``softmax(QK^T/sqrt(d) + mask) V``, the same function)
-  least. So training steps on CPU with at most :data:`EAGER_MAX_LENGTH` tokens run the family's eager
+  least. So training steps on CPU with at most ``EAGER_MAX_LENGTH`` tokens (:mod:`autopeft.training.step`)
+  run the family's eager
   attention, with the padding mask in bf16 so that the scores stay bf16 under autocast
   (``autopeft_train_eager``, :mod:`autopeft.peft.attention`; it also carries prefix methods), switched
   through ``config._attn_implementation`` for the step only. Evaluation keeps the model's own implementation
@@ -40,16 +41,15 @@ from torch.overrides import TorchFunctionMode
 
 from autopeft.peft.attention import TRAIN_EAGER, register_prefix_attention
 
-EAGER_MAX_LENGTH = 256
 _EAGER_FROM = ("sdpa", "eager", "autopeft_sdpa", "autopeft_eager")
 
 
 @contextmanager
-def training_attention(model: nn.Module, device: torch.device, width: int) -> Iterator[None]:
-    """For one training step: eager attention on CPU for batches up to ``EAGER_MAX_LENGTH`` tokens."""
+def training_attention(model: nn.Module, eager: bool) -> Iterator[None]:
+    """For one training step: the eager attention when ``eager`` (the recipe's choice for this batch)."""
     config = model.config
     current = getattr(config, "_attn_implementation", None)
-    if device.type != "cpu" or current not in _EAGER_FROM or width > EAGER_MAX_LENGTH:
+    if not eager or current not in _EAGER_FROM:
         yield
         return
     register_prefix_attention()
@@ -137,9 +137,10 @@ class CpuStepKernels(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def cpu_step_kernels(device: torch.device):
-    """The dropout and softmax of a training step: :class:`CpuStepKernels` on CPU, torch's own elsewhere."""
-    return CpuStepKernels() if device.type == "cpu" else nullcontext()
+def cpu_step_kernels(enabled: bool):
+    """The dropout and softmax of a training step: :class:`CpuStepKernels` when ``enabled`` (the recipe's
+    ``cpu_kernels``: on CPU), torch's own otherwise."""
+    return CpuStepKernels() if enabled else nullcontext()
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer | None:

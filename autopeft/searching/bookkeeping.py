@@ -1,0 +1,86 @@
+"""A trial's record in the Optuna study, written and read the same way by every backend.
+
+Optuna's state (RUNNING / COMPLETE / PRUNED / FAIL) is kept in step with autopeft's finer ``status`` user
+attribute (:class:`~autopeft.core.choices.TrialStatus`); ``rung_metrics`` maps each rung a trial reached to
+its validation metric and ``steps`` is the fidelity it reached. The writers (``record_*``) are the only
+place the backends (:mod:`~autopeft.searching.backends.optuna_worker`,
+:mod:`~autopeft.searching.backends.ray_tune`) change a trial's outcome; the queries below read those records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
+from autopeft.searching.objectives import Objectives
+from autopeft.searching.promotion import pareto_front
+
+Trial = optuna.Trial | FrozenTrial
+
+
+# --- writers ---------------------------------------------------------------------------------------
+
+def record_rung(trial: Trial, rung: int, value: float) -> None:
+    """``trial`` reached ``rung`` with validation metric ``value``."""
+    rung_metrics = dict(trial.user_attrs.get("rung_metrics") or {})
+    rung_metrics[str(rung)] = value
+    trial.set_user_attr("rung_metrics", rung_metrics)
+    trial.set_user_attr("steps", int(rung))
+
+
+def record_failed(study: optuna.Study, trial: Trial, reason: str) -> None:
+    trial.set_user_attr("status", TrialStatus.FAILED)
+    trial.set_user_attr("reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def record_complete(study: optuna.Study, trial: Trial, record: dict[str, Any], values: Sequence[float]) -> None:
+    """Trained to the top rung: its outcome ``record`` (validation, params, timings...) and objective values."""
+    for key, value in record.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("status", TrialStatus.COMPLETE)
+    study.tell(trial, values)
+
+
+def record_stopped(study: optuna.Study, trial: Trial, rung: int, record: dict[str, Any] | None = None) -> None:
+    """Stopped at ``rung`` by the promotion rule (Optuna: PRUNED)."""
+    for key, value in (record or {}).items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("status", TrialStatus.STOPPED)
+    trial.set_user_attr("reason", f"stopped at rung {rung} (dominated by plans at that rung)")
+    study.tell(trial, state=TrialState.PRUNED)
+
+
+# --- queries ---------------------------------------------------------------------------------------
+
+def counted(study: optuna.Study, below: int | None = None) -> int:
+    """Plans that train or trained (optionally only those numbered below ``below``)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("status") in TRAINED_OR_TRAINING and t.state != TrialState.FAIL
+               and (below is None or t.number < below))
+
+
+def steps_spent(study: optuna.Study) -> int:
+    """Training steps of the search so far (the fidelity each trial reached; final stage excluded)."""
+    return sum(int(t.user_attrs.get("steps", 0)) for t in study.get_trials(deepcopy=False))
+
+
+def rung_entries(study: optuna.Study, objectives: Objectives, rung: int) -> dict[int, tuple[float, ...]]:
+    """Every trial's minimised objective vector at ``rung`` (trials that reached it, in any state)."""
+    entries = {}
+    for t in study.get_trials(deepcopy=False):
+        value = (t.user_attrs.get("rung_metrics") or {}).get(str(rung))
+        if value is not None and "params" in t.user_attrs:
+            entries[t.number] = objectives.minimised(value, t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
+    return entries
+
+
+def top_rung_front(study: optuna.Study, objectives: Objectives) -> list[int]:
+    """Trial numbers of the non-dominated plans among those trained to full fidelity (COMPLETE)."""
+    complete = {t.number: objectives.minimised(t.values[0], t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "params" in t.user_attrs}
+    return pareto_front(complete)
