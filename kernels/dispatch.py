@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from autopeft.core.errors import UserError
+from autopeft.core.extras import require
 from autopeft.kernels import _triton
 from autopeft.kernels.bottleneck_adapter import reference as adapter_reference
 from autopeft.kernels.bottleneck_adapter.function import BottleneckFunction
@@ -82,8 +83,7 @@ def backend(*tensors: torch.Tensor | None) -> Backend:
     if chosen is Mode.AUTO:
         usable = devices == {"cuda"} and _triton.triton_installed() and not _triton.interpreting()
         return Backend.TRITON if usable else Backend.REFERENCE
-    if not _triton.triton_installed():
-        raise UserError(f"{ENV}=triton but Triton is not installed; pip install 'autopeft[kernels]'")
+    require("kernels")
     if devices == {"cuda"}:
         return Backend.TRITON
     if devices == {"cpu"} and _triton.interpreting():

@@ -1,4 +1,8 @@
-"""PEFT methods: one module per method, each registered in :data:`REGISTRY` on import."""
+"""PEFT methods: one module per method, each registered in :data:`REGISTRY` on import.
+
+A method file holds its config, count and catalogue entry and imports no torch; its ``nn.Module`` s are in
+:mod:`autopeft.methods.modules`, imported when a module is built (see :mod:`autopeft.methods.base`).
+"""
 
 from autopeft.methods import (  # noqa: F401  (registration)
     adalora,

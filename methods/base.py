@@ -21,6 +21,21 @@ parallel adapter or a gate), and ``folded_tensors()`` / ``fold()`` (what the ada
 the training-time parameters, e.g. a prefix reparameterisation MLP folded into plain key/values).
 
 Everything else (freezing, counting, saving, removal) is derived by the injector from these.
+
+Where a method's code lives: two modules, so that what only needs configs and counts starts without torch.
+
+- ``methods/<name>.py`` is *the method*: its typed config, its exact parameter count, its catalogue entry
+  (summary, placement, stage, sites, identity at init) and the class registered here. It imports no torch:
+  ``autopeft methods``, the search-space DSL (``autopeft spaces``, ``autopeft space check``) and plan
+  counting read only this half.
+- ``methods/modules/<name>.py`` (``autopeft.methods.modules``) holds its ``nn.Module`` s: plain torch
+  modules built from shapes and numbers. The method's ``build`` (and ``merge``, ``link``) import it on first
+  use, with an ordinary ``import`` statement inside the function.
+
+The dependency runs one way, method -> module: a module file never imports its method file (its modules
+take plain values; AdaLoRA's, which share a schedule, read the config object by attribute), so the lazy
+import hides no cycle (``tests/test_architecture.py`` counts imports inside functions too).
+``tests/test_startup.py`` checks that ``autopeft methods`` and the space commands import no torch.
 """
 
 from __future__ import annotations
@@ -28,13 +43,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args, get_origin, get_type_hints
 
-import torch.nn as nn
-from torch import Tensor
-
-from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+    from torch import Tensor
+
+    from autopeft.core.arch import LinearSite, ModelArch
 
 
 class Placement(enum.Enum):

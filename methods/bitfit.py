@@ -4,24 +4,20 @@ Implemented as a trainable bias *delta* on a projection's output, y <- y + delta
 starting at 0: the gradient w.r.t. delta_b equals the gradient w.r.t. the original bias, so training it
 is exactly bias tuning, while the base weights are never modified (removal stays bitwise) and projections
 without a bias (Llama) can still be tuned. Merging is ``b + delta_b``. Parameters per site: d_out.
+The module (``BiasDelta``) is in :mod:`autopeft.methods.modules.bitfit`.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
-from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import NoConfig, Placement, register
 
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
-class BiasDelta(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.delta_bias = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y + self.delta_bias.to(y.dtype)
+    from autopeft.core.arch import LinearSite, ModelArch
 
 
 @register
@@ -39,9 +35,12 @@ class BitFit:
         return site.width
 
     def build(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        from autopeft.methods.modules.bitfit import BiasDelta
+
         assert site is not None
         return BiasDelta(site.width)
 
     def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert isinstance(module, BiasDelta)
-        return weight, bias + module.delta_bias.to(bias)
+        from autopeft.methods.modules.bitfit import merge_bias
+
+        return merge_bias(module, weight, bias)

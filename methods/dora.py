@@ -5,55 +5,23 @@
 so y = (m / ||W + s B A||) * (W x + s B A x) + b. As in the paper (sec. 4.3) and HF peft, the norm is
 treated as a constant in backward (detached). At init B = 0, so m / ||W|| = 1: the identity.
 ``m`` maps onto peft's ``lora_magnitude_vector.default.weight``; A and B as in LoRA.
-Parameters per site: r * (d_in + d_out) + d_out.
+Parameters per site: r * (d_in + d_out) + d_out. The module (``DoRADelta``) and ``site_weight`` are in
+:mod:`autopeft.methods.modules.dora`.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
-from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.core.errors import UserError
 from autopeft.methods.base import Placement, register
-from autopeft.methods.lora import LoRAConfig, LoRADelta
-from autopeft.peft.quantize import dequantized_weight, is_quantized
+from autopeft.methods.lora import LoRAConfig
 
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
-def site_weight(base: nn.Module, site: LinearSite) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The site's (d_out, d_in) weight and bias, whatever the module type (Linear, GPT-2's Conv1D, or a
-    quantized Linear, dequantized)."""
-    if is_quantized(base):
-        weight = dequantized_weight(base)
-    else:
-        weight = base.weight if isinstance(base, nn.Linear) else base.weight.T  # Conv1D stores (d_in, d_out)
-    start, stop = site.columns
-    bias = base.bias[start:stop] if getattr(base, "bias", None) is not None else None
-    return weight[start:stop], bias
-
-
-class DoRADelta(nn.Module):
-    def __init__(self, site: LinearSite, config: LoRAConfig) -> None:
-        super().__init__()
-        self.lora = LoRADelta(site.in_features, site.width, config)
-        self.magnitude = nn.Parameter(torch.ones(site.width))
-        self._base: list[nn.Module] = []  # a plain list: the frozen base must not become our submodule
-        self._site = site
-
-    def bind(self, base: nn.Module, site: LinearSite) -> None:
-        self._base = [base]
-        weight, _ = site_weight(base, site)
-        with torch.no_grad():
-            self.magnitude.copy_(weight.float().norm(dim=1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight, bias = site_weight(self._base[0], self._site)
-        lora = self.lora
-        merged = weight.float() + lora.scaling * (lora.lora_B @ lora.lora_A)  # (d_out, d_in)
-        scale = self.magnitude / merged.norm(dim=1).detach()  # (d_out,)
-        without_bias = y.float() - (bias.float() if bias is not None else 0.0)
-        out = scale * (without_bias + lora(x, torch.zeros_like(without_bias)))
-        return (out + (bias.float() if bias is not None else 0.0)).to(y.dtype)
+    from autopeft.core.arch import LinearSite, ModelArch
 
 
 @register
@@ -73,16 +41,21 @@ class DoRA:
         return config.r * (site.in_features + site.width) + site.width
 
     def build(self, config: LoRAConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        from autopeft.methods.modules.dora import DoRADelta
+
         assert site is not None
-        return DoRADelta(site, config)
+        return DoRADelta(site, config.r, config.scaling, config.dropout)
 
     def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """out = c ⊙ (W x + b - b0 + s B A x) + b0 with c = m / ||W0 + s B A||: W' = c (W + s B A),
-        b' = c (b - b0) + b0, where W0, b0 are the base's own weight and bias (W, b include earlier stages)."""
-        assert isinstance(module, DoRADelta)
-        weight0, bias0 = site_weight(module._base[0], module._site)
-        lora = module.lora
-        update = lora.scaling * (lora.lora_B @ lora.lora_A).to(weight)
-        scale = (module.magnitude / (weight0.float() + update).norm(dim=1)).to(weight)
-        b0 = bias0.to(bias) if bias0 is not None else torch.zeros_like(bias)
-        return scale[:, None] * (weight + update), scale * (bias - b0) + b0
+        from autopeft.methods.modules.dora import merge_dora
+
+        return merge_dora(module, weight, bias)
+
+
+def __getattr__(name: str) -> Any:
+    """``site_weight`` (torch) for callers that import it from here; it lives in the modules file."""
+    if name == "site_weight":
+        from autopeft.methods.modules.dora import site_weight
+
+        return site_weight
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,38 +5,22 @@ on the MLP's down projection the *input* is rescaled, y <- W (l * x) + b, i.e. t
 activation is scaled, as in the paper and in HF peft's ``feedforward_modules``. Identity at
 initialisation; merges into W as ``W diag(l)`` (input) or ``diag(l) W`` (output, bias scaled too).
 Parameters per site: d_out (output sites) or d_in (down).
+The modules (``OutputScale``, ``InputScale``) are in :mod:`autopeft.methods.modules.ia3`.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
-from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import NoConfig, Placement, register
 
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from autopeft.core.arch import LinearSite, ModelArch
+
 INPUT_SITES = ("down",)
-
-
-class OutputScale(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.ia3_l = nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y * self.ia3_l.to(y.dtype)
-
-
-class InputScale(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.ia3_l = nn.Parameter(torch.ones(width))
-
-    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.ia3_l.to(x.dtype)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y
 
 
 @register
@@ -54,12 +38,12 @@ class IA3:
         return site.in_features if site.name in INPUT_SITES else site.width
 
     def build(self, config: NoConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        from autopeft.methods.modules.ia3 import InputScale, OutputScale
+
         assert site is not None
         return InputScale(site.in_features) if site.name in INPUT_SITES else OutputScale(site.width)
 
     def merge(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input scaling: W diag(l); output scaling: diag(l) W and l * b."""
-        scale = module.ia3_l.to(weight)
-        if isinstance(module, InputScale):
-            return weight * scale[None, :], bias
-        return weight * scale[:, None], bias * scale
+        from autopeft.methods.modules.ia3 import merge_scale
+
+        return merge_scale(module, weight, bias)

@@ -9,34 +9,20 @@ computed by the norm module itself (``torch.func.functional_call``), so LayerNor
 (no bias: only dw) keep their exact semantics. Training dw is training w (same gradient), while the
 base weights are never written: removal stays bitwise, and the count is exact. The identity at
 initialisation (w + 0 = w). Parameters per site: d for RMSNorm, 2 d for LayerNorm.
+The module (``NormDelta``) is in :mod:`autopeft.methods.modules.ln_tuning`.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-from torch.func import functional_call
+from typing import TYPE_CHECKING
 
-from autopeft.core.arch import NORM_SITES, ModelArch, NormSite
+from autopeft.core.arch import NORM_SITES
 from autopeft.methods.base import NoConfig, Placement, register
 
+if TYPE_CHECKING:
+    import torch.nn as nn
 
-class NormDelta(nn.Module):
-    def __init__(self, site: NormSite) -> None:
-        super().__init__()
-        self.delta_weight = nn.Parameter(torch.zeros(site.width))
-        self.delta_bias = nn.Parameter(torch.zeros(site.width)) if site.bias else None
-        self._base: list[nn.Module] = []  # a plain list: the frozen norm must not become our submodule
-
-    def bind(self, base: nn.Module, site: NormSite) -> None:
-        self._base = [base]
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        base = self._base[0]  # y = base(x) is recomputed with shifted parameters
-        shifted = {"weight": base.weight + self.delta_weight.to(base.weight.dtype)}
-        if self.delta_bias is not None:
-            shifted["bias"] = base.bias + self.delta_bias.to(base.bias.dtype)
-        return functional_call(base, shifted, (x,))
+    from autopeft.core.arch import ModelArch, NormSite
 
 
 @register
@@ -54,5 +40,7 @@ class LNTuning:
         return site.num_params
 
     def build(self, config: NoConfig, arch: ModelArch, site: NormSite | None) -> nn.Module:
+        from autopeft.methods.modules.ln_tuning import NormDelta
+
         assert site is not None
         return NormDelta(site)

@@ -10,18 +10,21 @@ site ``o`` it is attention (x = the attention's input, h = the output projection
 is handed over by a forward pre-hook on the block's attention / MLP module (``captures``). He et al.'s
 "scaled parallel adapter" uses s = 4 (see the ``mam`` preset). W_up and b_up start at zero, so it is the
 identity at initialisation. Parameters per site: 2 m d + m + d.
+The module (``ParallelAdapter``) is in :mod:`autopeft.methods.modules.parallel_adapter`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn as nn
-
-from autopeft.core.arch import LinearSite, ModelArch
-from autopeft.methods.adapter import Activation, BottleneckAdapter
+from autopeft.methods.adapter import Activation
 from autopeft.methods.base import Placement, positive, register
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from autopeft.core.arch import LinearSite, ModelArch
 
 
 @dataclass(frozen=True)
@@ -32,26 +35,6 @@ class ParallelAdapterConfig:
 
     def __post_init__(self) -> None:
         positive("size", self.size)
-
-
-class ParallelAdapter(BottleneckAdapter):
-    def __init__(self, width: int, config: ParallelAdapterConfig, captures: str) -> None:
-        super().__init__(width, config)  # type: ignore[arg-type]  (the same fields, no gate)
-        self.captures = captures  # "attention" (site o) or "mlp" (site down)
-        self._input: torch.Tensor | None = None
-
-    def capture(self, x: torch.Tensor) -> None:
-        self._input = x
-
-    def select_captured(self, select) -> None:
-        """Narrow a captured input to the rows the sublayer's output keeps (autopeft/training/fastpath/head_rows.py)."""
-        if self._input is not None:
-            self._input = select(self._input)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        sublayer_input, self._input = self._input, None
-        assert sublayer_input is not None, "parallel adapter: the sublayer's input was not captured"
-        return y + self.update(sublayer_input).to(y.dtype)
 
 
 @register
@@ -69,5 +52,8 @@ class ParallelAdapterMethod:
         return 2 * config.size * site.width + config.size + site.width
 
     def build(self, config: ParallelAdapterConfig, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        from autopeft.methods.modules.parallel_adapter import ParallelAdapter
+
         assert site is not None and site.width == arch.hidden
-        return ParallelAdapter(site.width, config, "attention" if site.name == "o" else "mlp")
+        return ParallelAdapter(site.width, config.size, config.activation, config.scaling,
+                               "attention" if site.name == "o" else "mlp")

@@ -14,18 +14,22 @@ Not the identity at initialisation: the virtual tokens are attended to by every 
 HF peft mapping (PROMPT_TUNING): ``input.prompt.prompt`` == peft ``prompt_encoder.default.embedding.weight``;
 both prepend to the word embeddings before position embeddings are added, so outputs at the real
 tokens are peft's outputs at positions P..P+T-1.
+
+The module (``SoftPrompt``) is in :mod:`autopeft.methods.modules.prompt`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn as nn
-
-from autopeft.core.arch import INPUT_SITE, ModelArch
+from autopeft.core.arch import INPUT_SITE
 from autopeft.methods.base import Placement, positive, register
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from autopeft.core.arch import ModelArch
 
 
 @dataclass(frozen=True)
@@ -36,29 +40,6 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         positive("length", self.length)
-
-
-class SoftPrompt(nn.Module):
-    def __init__(self, hidden: int, config: PromptConfig) -> None:
-        super().__init__()
-        self.prompt = nn.Parameter(torch.zeros(config.length, hidden))
-        self.config = config
-
-    def bind(self, embeddings: nn.Module, site: None) -> None:
-        """Initialise from the model's input embeddings (V, d); see the module docstring."""
-        weight = embeddings.weight.detach()
-        generator = torch.Generator().manual_seed(self.config.seed)
-        length = self.prompt.shape[0]
-        with torch.no_grad():
-            if self.config.init == "vocab":
-                ids = torch.randint(0, weight.shape[0], (length,), generator=generator)
-                self.prompt.copy_(weight[ids.to(weight.device)].float())
-            else:
-                noise = torch.randn(self.prompt.shape, generator=generator)
-                self.prompt.copy_(noise * weight.float().std().cpu())
-
-    def forward(self) -> torch.Tensor:
-        return self.prompt  # (P, d)
 
 
 @register
@@ -75,4 +56,6 @@ class PromptTuning:
         return config.length * arch.hidden
 
     def build(self, config: PromptConfig, arch: ModelArch, site: None) -> nn.Module:
-        return SoftPrompt(arch.hidden, config)
+        from autopeft.methods.modules.prompt import SoftPrompt
+
+        return SoftPrompt(arch.hidden, config.length, config.init, config.seed)

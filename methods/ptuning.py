@@ -16,18 +16,21 @@ The count while training is the plan's count and what the budget caps. The encod
 optimisation: the adapter file stores Z itself (``input.ptuning.prompt``, via ``folded_tensors``) and
 loading folds the module into that plain prompt, so inference never runs the encoder.
 Not the identity at initialisation (every real token attends to the virtual tokens).
+The module (``PromptEncoder``) is in :mod:`autopeft.methods.modules.ptuning`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn as nn
-
-from autopeft.core.arch import INPUT_SITE, ModelArch
+from autopeft.core.arch import INPUT_SITE
 from autopeft.methods.base import Placement, positive, register
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from autopeft.core.arch import ModelArch
 
 
 @dataclass(frozen=True)
@@ -49,48 +52,6 @@ def encoder_params(config: PTuningConfig, d: int) -> int:
     return lstm + (2 * m + 1) * 2 * m + (2 * m + 1) * d
 
 
-class _LSTMEncoder(nn.Module):
-    def __init__(self, d: int, m: int) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(d, m, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = nn.Sequential(nn.Linear(2 * m, 2 * m), nn.ReLU(), nn.Linear(2 * m, d))
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(e.unsqueeze(0))[0].squeeze(0))  # (P, d) -> (1, P, 2m) -> (P, d)
-
-
-class PromptEncoder(nn.Module):
-    def __init__(self, d: int, config: PTuningConfig) -> None:
-        super().__init__()
-        m = config.hidden
-        self.embedding = nn.Parameter(torch.randn(config.length, d))  # N(0, 1), as peft's nn.Embedding
-        self.encoder: nn.Module | None
-        if config.encoder == "mlp":
-            self.encoder = nn.Sequential(nn.Linear(d, m), nn.ReLU(), nn.Linear(m, m), nn.ReLU(), nn.Linear(m, d))
-        else:
-            self.encoder = _LSTMEncoder(d, m)
-
-    def forward(self) -> torch.Tensor:
-        if self.encoder is None:  # folded
-            return self.prompt
-        return self.encoder(self.embedding)  # (P, d)
-
-    def folded_tensors(self) -> dict[str, torch.Tensor]:
-        if self.encoder is None:
-            return {"prompt": self.prompt}
-        with torch.no_grad():  # as in fold(): CPU LSTM kernels differ in the last bits with autograd on
-            return {"prompt": self()}
-
-    def fold(self) -> None:
-        if self.encoder is None:
-            return
-        with torch.no_grad():
-            prompt = self()
-        del self.embedding, self.encoder
-        self.encoder = None
-        self.prompt = nn.Parameter(prompt.detach().clone())
-
-
 @register
 class PTuning:
     name = "ptuning"
@@ -105,4 +66,6 @@ class PTuning:
         return config.length * arch.hidden + encoder_params(config, arch.hidden)
 
     def build(self, config: PTuningConfig, arch: ModelArch, site: None) -> nn.Module:
-        return PromptEncoder(arch.hidden, config)
+        from autopeft.methods.modules.ptuning import PromptEncoder
+
+        return PromptEncoder(arch.hidden, config.length, config.encoder, config.hidden)

@@ -14,12 +14,15 @@ see :mod:`autopeft.methods.prefix` for the mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
-
-from autopeft.core.arch import LinearSite, ModelArch
 from autopeft.methods.base import Placement, positive, register
-from autopeft.methods.prefix import PrefixKV, prefix_params
+from autopeft.methods.prefix import prefix_params
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from autopeft.core.arch import LinearSite, ModelArch
 
 
 @dataclass(frozen=True)
@@ -44,4 +47,6 @@ class PTuningV2:
         return prefix_params(config.length, arch)
 
     def build(self, config: PTuningV2Config, arch: ModelArch, site: LinearSite | None) -> nn.Module:
+        from autopeft.methods.modules.prefix import PrefixKV
+
         return PrefixKV(arch, config.length)

@@ -77,6 +77,37 @@ def test_bbc_news_has_five_topics():
     assert any("£15.8m signing from Parma" in t for t in texts)
 
 
+def test_newsgroups_keeps_its_official_test_split_and_drops_train_duplicates():
+    data = load_task_data("newsgroups")
+    assert len(data.label_names) == 20 and data.label_names[0] == "alt.atheism"
+    assert data.split_sizes["test"] == 7_514  # the official test split, less texts also in train
+    assert data.split_sizes["train"] + data.split_sizes["validation"] == 11_273  # validation carved from train
+    train = set(data.splits["train"]["text"]) | set(data.splits["validation"]["text"])
+    assert not train & set(data.splits["test"]["text"])
+
+
+def test_trec_has_six_question_types_without_duplicates():
+    data = load_task_data("trec")
+    assert data.label_names == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    texts = [t for s in data.splits.values() for t in s["text"]]
+    assert len(texts) == len(set(texts)) == 5_381
+    assert "How high is the city of Denver ?" in texts
+
+
+def test_amazon_reviews_are_binary_without_near_neutral_snippets():
+    data = load_task_data("amazon_reviews")
+    assert data.label_names == ["negative", "positive"]
+    assert sum(data.split_sizes.values()) == 2_935
+
+
+def test_every_builtin_dataset_is_named_in_the_dataset_option_help():
+    from autopeft.training.builtin_datasets import BUILTIN_DATASETS
+    from autopeft.training.options import DATA_OPTIONS
+
+    help_text = next(o.help for o in DATA_OPTIONS.options if o.name == "dataset")
+    assert all(name in help_text for name in BUILTIN_DATASETS)
+
+
 def test_hamlet_is_causal_lm_and_tokenizes_into_blocks(tokenizer):
     data = load_task_data("hamlet")
     assert data.task == "causal-lm" and data.label_names == [] and data.splits["train"].column_names == ["text"]

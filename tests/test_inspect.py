@@ -239,7 +239,8 @@ def test_real_tiny_study_inspect_export_retrain(tmp_path, capsys):
     data = tiny_csv(tmp_path / "data.csv")
     out = tmp_path / "study"
     view = autopeft.search(model=str(model), dataset=str(data), out=str(out), trials=5, steps=4, min_steps=4,
-                           seeds=2, batch_size=8, budget="20%", max_length=16, quiet=True, precision="fp32")
+                           seeds=2, batch_size=8, budget="20%", max_length=16, quiet=True, precision="fp32",
+                           baselines="none")
     assert view.root == out and len(view.completed) == 5 and view.best() is not None
     assert view.front and all(t.metric_std is not None for t in view.front)  # the front was retrained
     # optuna-dashboard compatibility: the storage loads with optuna, trial attributes hold the plan

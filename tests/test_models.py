@@ -37,7 +37,7 @@ def test_local_folder_and_local_csv_search(local_model, tmp_path, capsys):
     pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
     out = tmp_path / "study"
     code = main(["search", "--model", str(local_model), "--dataset", str(tmp_path / "reviews.csv"),
-                 "--trials", "2", "--steps", "3", "--budget", "5%", "--out", str(out), "--quiet"])
+                 "--trials", "2", "--steps", "3", "--budget", "5%", "--out", str(out), "--quiet", "--baselines", "none"])
     assert code == 0
     config = json.loads((out / "best/autopeft_config.json").read_text())
     assert config["label_names"] == ["bad", "good"] and config["data"]["model"] == str(local_model)

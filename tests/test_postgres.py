@@ -50,7 +50,7 @@ def test_two_workers_share_a_postgres_study_and_every_trial_is_recorded_once(tmp
     search = subprocess.Popen(
         [*autopeft, "search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
          "--budget", "1.2k", "--batch-size", "8", "--trials", "8", "--max-steps", "240", "--min-steps", "80",
-         "--seeds", "1", "--workers", "1", "--storage", URL, "--study-name", name, "--out", str(out), "--quiet"],
+         "--seeds", "1", "--workers", "1", "--storage", URL, "--study-name", name, "--out", str(out), "--quiet", "--baselines", "none"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300

@@ -131,7 +131,8 @@ def assets(tmp_path_factory):
 
 def _settings(assets, out: Path, space: str, **kw) -> SearchSettings:
     values = {"trials": 2, "train": TrainConfig(steps=6, batch_size=8, lr=1e-2), "min_steps": 6, "eta": 2.0,
-              "seeds": 1, "workers": 1, "max_failures": 10, "sampler": "random", "budget": "10%", **kw}
+              "seeds": 1, "workers": 1, "max_failures": 10, "sampler": "random", "budget": "10%", "baselines": (),
+              **kw}
     return SearchSettings(data=DataOptions(model=str(assets["model"]), dataset=str(assets["data"])),
                           space=str(assets["root"] / space), out=str(out), **values)
 
@@ -198,7 +199,7 @@ def test_max_failures_stops_a_search_that_only_fails(assets, tmp_path, capsys, f
     out = tmp_path / "study"
     code = main(["search", "--model", str(assets["model"]), "--dataset", str(assets["data"]), "--space",
                  str(assets["root"] / "only_fault.yaml"), "--out", str(out), "--budget", "10%", "--trials", "4",
-                 "--steps", "4", "--batch-size", "8", "--workers", "1", "--max-failures", "3", "--quiet"])
+                 "--steps", "4", "--batch-size", "8", "--workers", "1", "--max-failures", "3", "--quiet", "--baselines", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith("error: 3 trials failed (last: RuntimeError: injected fault") \
@@ -449,7 +450,7 @@ def test_a_search_writes_only_into_its_study_and_cache_directories(assets, tmp_p
     command = [sys.executable, "-m", "autopeft", "search", "--model", str(inputs / "model"), "--dataset",
                str(inputs / "data.csv"), "--space", str(inputs / "lora.yaml"),
                "--out", "runs/x", "--budget", "10%", "--trials", "2", "--steps", "4", "--min-steps", "4",
-               "--seeds", "2", "--batch-size", "8", "--workers", "2", "--quiet"]
+               "--seeds", "2", "--batch-size", "8", "--workers", "2", "--quiet", "--baselines", "none"]
     result = subprocess.run(command, cwd=dirs["cwd"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert all(f.startswith("runs/x/") for f in _files(dirs["cwd"])), _files(dirs["cwd"])

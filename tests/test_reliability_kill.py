@@ -37,7 +37,7 @@ from autopeft.training.trial_run import Checkpoint
 
 pytestmark = pytest.mark.slow
 # rungs 20/30/45/60 (eta 1.5: most plans continue, so there are promoted trials to kill)
-FLAGS = ("--budget", "1.2k", "--batch-size", "8", "--workers", "1", "--trials", "3", "--max-steps", "60",
+FLAGS = ("--baselines", "none", "--budget", "1.2k", "--batch-size", "8", "--workers", "1", "--trials", "3", "--max-steps", "60",
          "--min-steps", "20", "--eta", "1.5", "--seeds", "2")
 TRAINED = ("complete", "stopped")
 

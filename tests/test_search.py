@@ -29,7 +29,7 @@ def assets(tmp_path_factory):
 def _args(assets, out, *extra):
     model, data, space = assets
     return ["search", "--model", str(model), "--dataset", str(data), "--space", str(space), "--out", str(out),
-            "--budget", "1.2k", "--batch-size", "8", "--workers", "1", "--quiet", *extra]
+            "--budget", "1.2k", "--batch-size", "8", "--workers", "1", "--quiet", "--baselines", "none", *extra]
 
 
 def _trials(out):

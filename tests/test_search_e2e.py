@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def _search(out, *extra):
     # --steps is --max-steps: rungs 8 and 25 (eta 3); one seed in the final stage to stay quick
     return main(["search", "--out", str(out), "--trials", "3", "--steps", "25", "--quiet", "--budget", "0.5%",
-                 "--seeds", "1", "--workers", "1", *extra])
+                 "--seeds", "1", "--workers", "1", "--baselines", "none", *extra])
 
 
 def test_minilm_search_eval_and_resume(tmp_path, capsys):
@@ -62,7 +62,7 @@ def test_minilm_search_eval_and_resume(tmp_path, capsys):
     assert _search(out) == 0
     assert trained_count() == 3
     assert main(["search", "--out", str(out), "--trials", "4", "--steps", "25", "--quiet", "--budget", "0.5%",
-                 "--seeds", "1", "--workers", "1"]) == 0
+                 "--seeds", "1", "--workers", "1", "--baselines", "none"]) == 0
     assert trained_count() == 4
 
     # other settings on the same --out are refused, naming the difference
@@ -74,7 +74,7 @@ def test_causal_lm_search_on_smollm2_hamlet(tmp_path, capsys):
     out = tmp_path / "lm"
     code = main(["search", "--model", "smollm2-135m", "--dataset", "hamlet", "--out", str(out), "--trials", "2",
                  "--steps", "4", "--batch-size", "2", "--max-length", "64", "--budget", "0.1%", "--quiet",
-                 "--seeds", "1", "--workers", "1"])
+                 "--seeds", "1", "--workers", "1", "--baselines", "none"])
     assert code == 0
     metrics = json.loads((out / "best/metrics.json").read_text())
     assert metrics["validation"]["loss"] > 0 and metrics["test"]["perplexity"] > 1

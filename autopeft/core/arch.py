@@ -18,11 +18,12 @@ Two entry points:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Literal
 
 from autopeft.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 FamilyName = Literal["bert", "distilbert", "gpt2", "llama"]
 LINEAR_SITES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
@@ -157,6 +158,8 @@ class ModelArch:
 
     # --- navigation in a built model -------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
+        import torch.nn as nn
+
         blocks = _get(_base(model), self.family.blocks_path)
         assert isinstance(blocks, nn.ModuleList), type(blocks)
         return blocks
@@ -172,6 +175,8 @@ class ModelArch:
 
 
 def _base(model: nn.Module) -> nn.Module:
+    import torch.nn as nn
+
     base = getattr(model, "base_model", model)
     return base if isinstance(base, nn.Module) else model
 

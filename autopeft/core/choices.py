@@ -20,6 +20,14 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 PrefixCache = Literal["off", "bf16", "fp32"]
 PREFIX_CACHES: tuple[str, ...] = get_args(PrefixCache)
 
+#: where a step runs, as far as the trainer and the memory estimate care
+DeviceType = Literal["cpu", "cuda"]
+DEVICE_TYPES: tuple[str, ...] = get_args(DeviceType)
+
+#: the optimizer of the trainable parameters (the trainer uses AdamW; the memory estimate models all three)
+OptimizerName = Literal["adamw", "adamw8bit", "sgd"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+
 #: the base model's frozen projections: as loaded, or 4-bit NF4/FP4 or int8 (bitsandbytes; QLoRA)
 Quantization = Literal["none", "nf4", "fp4", "int8"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)

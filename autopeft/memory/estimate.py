@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from autopeft.core.arch import ModelArch, arch_from_config
-from autopeft.core.choices import Precision, Quantization, TaskKind
+from autopeft.core.choices import DeviceType, OptimizerName, Precision, Quantization, TaskKind
 from autopeft.core.errors import UserError
 from autopeft.memory.model import ModelFacts, Shape, StepModel
 from autopeft.peft.plan import Plan
@@ -30,8 +30,6 @@ from autopeft.training.config import TrainConfig
 from autopeft.training.fastpath.head_rows import head_rows_supported
 from autopeft.training.step import StepRecipe, step_recipe
 
-OptimizerName = Literal["adamw", "adamw8bit", "sgd"]
-DeviceName = Literal["cuda", "cpu"]
 TaskName = Literal["auto", TaskKind]
 
 #: How the estimate models each field of the trainer's step (:class:`~autopeft.training.step.StepRecipe`).
@@ -81,7 +79,7 @@ class MemorySettings:
     quantize: Quantization = "none"
     optimizer: OptimizerName = "adamw"
     gradient_checkpointing: bool = False
-    device: DeviceName = "cuda"
+    device: DeviceType = "cuda"
     task: TaskName = "auto"
     num_labels: int = 2
     padding: bool = True
@@ -99,7 +97,7 @@ class MemorySettings:
 
     def __post_init__(self) -> None:
         for name, kind in (("dtype", Precision), ("quantize", Quantization), ("optimizer", OptimizerName),
-                           ("device", DeviceName), ("task", TaskName)):
+                           ("device", DeviceType), ("task", TaskName)):
             value = getattr(self, name)
             if value not in get_args(kind):
                 raise UserError(f"memory setting {name}={value!r} is not supported; choose one of "

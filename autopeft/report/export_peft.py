@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from autopeft.core.errors import UserError
+from autopeft.core.extras import require
 from autopeft.peft.plan import Placement, Plan
 
 PEFT_METHODS = {"lora": "LoRA", "lora_fa": "LoRA", "dora": "DoRA", "ia3": "(IA)3", "vera": "VeRA",
@@ -215,6 +216,7 @@ def probe_batch(vocab_size: int, pad_token_id: int | None, batch: int = 3, lengt
 
 def export_peft(adapter_dir: Path, out: Path) -> PeftExport:
     """Write ``out`` as a peft adapter directory; verify it reproduces autopeft's logits first."""
+    require("peft")
     from peft import get_peft_model
 
     from autopeft.peft.artifacts import load_adapter

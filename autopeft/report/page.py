@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.core.units import format_bytes, format_count
+from autopeft.searching.uplift import describe_comparison
 from autopeft.study.layout import StudyLayout
 from autopeft.study.view import StudyView, TrialView, load_optuna_study
 
@@ -169,6 +170,9 @@ def build_report(view: StudyView, out: Path) -> Path:
                  "<details><summary>settings.json</summary><pre>"
                  f"{html.escape(json.dumps(view.settings, indent=1, default=str))}</pre></details>",
                  "<h2>Best plan</h2>", _best_section(view, work)]
+        comparison = describe_comparison(view.summary.get("baseline_comparison"))
+        if comparison:
+            parts.append(f"<p><b>Against the baselines:</b> {html.escape(comparison)}</p>")
         front = view.front
         parts.append(f"<h2>Pareto front ({len(front)} plans)</h2>")
         if front:

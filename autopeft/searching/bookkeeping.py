@@ -25,10 +25,16 @@ Trial = optuna.Trial | FrozenTrial
 # --- writers ---------------------------------------------------------------------------------------
 
 def record_rung(trial: Trial, rung: int, value: float) -> None:
-    """``trial`` reached ``rung`` with validation metric ``value``."""
+    """``trial`` reached ``rung`` with validation metric ``value``.
+
+    Besides the ``rung_metrics`` dict, the value is stored as a plain number ``rung_<steps>``, a sortable
+    column in optuna-dashboard's trial table. (Not as an intermediate value: Optuna's multi-objective TPE
+    then scores pruned trials through ``study.direction``, which a multi-objective study refuses.)
+    """
     rung_metrics = dict(trial.user_attrs.get("rung_metrics") or {})
     rung_metrics[str(rung)] = value
     trial.set_user_attr("rung_metrics", rung_metrics)
+    trial.set_user_attr(f"rung_{int(rung)}", float(value))
     trial.set_user_attr("steps", int(rung))
 
 
@@ -84,3 +90,28 @@ def top_rung_front(study: optuna.Study, objectives: Objectives) -> list[int]:
     complete = {t.number: objectives.minimised(t.values[0], t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "params" in t.user_attrs}
     return pareto_front(complete)
+
+
+# --- the time budget -------------------------------------------------------------------------------
+
+def full_fidelity_seconds(study: optuna.Study) -> float:
+    """Median wall time of a trial trained to the top rung so far (0 before any)."""
+    durations = sorted(float(t.user_attrs["duration_s"]) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("duration_s") is not None)
+    return durations[len(durations) // 2] if durations else 0.0
+
+
+def final_stage_seconds(study: optuna.Study, objectives: Objectives, seeds: int, workers: int) -> float:
+    """Estimated wall time of the final stage if the search stopped now: K - 1 retrainings of each front
+    plan and K of the best baseline, split over the local workers, at the median full-fidelity duration."""
+    retrainings = max(1, len(top_rung_front(study, objectives))) * (seeds - 1) + seeds
+    return full_fidelity_seconds(study) * retrainings / max(1, workers)
+
+
+def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, started: float, now: float) -> bool:
+    """Whether a new trial may no longer start: ``--time-budget`` bounds the whole command, so a trial
+    starts only if it (at the median full-fidelity duration) and the final stage still fit in the budget."""
+    if settings.time_budget_s is None:
+        return False
+    needed = full_fidelity_seconds(study) + final_stage_seconds(study, objectives, settings.seeds, settings.workers)
+    return now - started + needed > settings.time_budget_s

@@ -8,9 +8,10 @@ study alone, so every process of a search samples, trains and judges plans ident
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,19 @@ def build_context(settings: SearchSettings, reporter: Reporter, space_source: st
     parse_budget(budget_text, base_params=10**12)  # syntax errors surface before any loading
     memory_limit = parse_memory(settings.memory) if settings.memory else None
     files = StudyFiles(Path(settings.out))
-    identity = settings.identity(budget_text, space_source)
-    files.check_resume(identity)
+    if settings.epochs is None:  # otherwise the full fidelity is known once the data is loaded
+        files.check_resume(settings.identity(budget_text, space_source))
     reporter.info(f"loading model '{settings.data.model}' and dataset '{settings.data.dataset}'")
     prepared = prepare(settings.data)
+    if settings.epochs is not None:
+        steps = steps_for_epochs(settings.epochs, prepared.data.split_sizes["train"], settings.train.batch_size)
+        reporter.info(f"full fidelity: {settings.epochs:g} epochs of {prepared.data.split_sizes['train']} "
+                      f"examples = {steps} steps")
+        # the resolved length defines the study (workers rebuild these settings without the data)
+        settings = replace(settings, train=replace(settings.train, steps=steps), epochs=None)
+        settings.rungs  # noqa: B018 - --min-steps against the resolved length
+    identity = settings.identity(budget_text, space_source)
+    files.check_resume(identity)
     arch, base = prepared.loaded.arch, prepared.loaded.base_params
     budget = parse_budget(budget_text, base)
     greater = prepared.data.task == "classification"
@@ -204,3 +214,8 @@ def load_worker_context(storage_url: str, study_name: str, out: str | None, repo
     except OSError as exc:
         raise UserError(f"cannot use study directory {settings.out} ({exc.strerror}); pass --out DIR") from None
     return build_context(settings, reporter, space_source=stored["identity"].get("space_source"))
+
+
+def steps_for_epochs(epochs: float, train_examples: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``train_examples`` at ``batch_size`` (rounded up)."""
+    return max(1, math.ceil(epochs * train_examples / batch_size))

@@ -15,6 +15,9 @@
 4. ``front/<n>/`` holds each front plan's adapter of the seed with the median metric (upper median
    for even K); ``best/`` the pick's, with its validation and test metrics, plus the test metric of
    every seed (mean ± std). Test metrics are computed for the pick only, after it is chosen.
+5. Against the baselines (:mod:`autopeft.searching.comparison`): the best baseline is retrained with
+   the pick's seeds and the paired uplift is reported; if it is not beyond noise on validation, the
+   baseline becomes the pick (``best/``), and ``summary.json`` says so (``baseline_comparison``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
+from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.bookkeeping import top_rung_front
+from autopeft.searching.comparison import compare, standard_errors
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.progress import Reporter
@@ -171,6 +176,16 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
         front.append({"trial": n, "params": trials[n].user_attrs["params"], "mean": record["mean"],
                       "std": record["std"], "record": record})
     chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
+    best_trial, best_record = trials[chosen["trial"]], chosen["record"]
+    comparison = compare(ctx, study, best_trial, best_record,
+                         [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]],
+                         lambda trial, seed: run_job(ctx, trial, seed, reporter), reporter)
+    if comparison is not None and comparison["picked"] == "baseline" and not comparison["pick_is_baseline"]:
+        best_trial = study.get_trials(deepcopy=False)[comparison["trial"]]
+        values = comparison["validation"]["baseline"]
+        mean, std = mean_std(values)
+        best_record = {"seeds": comparison["seeds"], "values": values, "mean": mean, "std": std,
+                       "steps": ctx.settings.max_steps}
     metric = ctx.prepared.session.primary_metric
     shutil.rmtree(ctx.files.front_root, ignore_errors=True)
     for entry in front:
@@ -179,10 +194,10 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
         validation = _validation_of(ctx, t, seed)
         _copy_adapter(_adapter_dir(ctx, t, seed), ctx.files.front_dir(t.number),
                       {**_common_metrics(ctx, t, seed), "validation": validation, "retrain": record})
-    best = _write_best(ctx, trials[chosen["trial"]], chosen["record"], reporter)
+    best = _write_best(ctx, best_trial, best_record, reporter)
     rows = ctx.files.write_tables(study, ctx.base_params, numbers)
     reporter.front(rows, metric)
-    return {"best": best, "front": [{"trial": e["trial"], "metric": trials[e["trial"]].values[0],
+    return {"best": best, "baseline_comparison": comparison, "front": [{"trial": e["trial"], "metric": trials[e["trial"]].values[0],
                                      "params": e["params"], "memory_bytes": trials[e["trial"]].user_attrs.get(
                                          "memory_bytes"), "retrain": e["record"],
                                      "plan": trials[e["trial"]].user_attrs["plan"]} for e in front]}
@@ -216,7 +231,10 @@ def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any], 
     mean, std = mean_std(test_values)
     metrics = {**_common_metrics(ctx, trial, seed), "validation": _validation_of(ctx, trial, seed),
                "test": tests[seed], "retrain": record, "pick": ctx.settings.pick,
-               "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std}}
+               "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std},
+               "standard_error": standard_errors(ctx, record["mean"], mean)}
+    if trial.user_attrs.get(BASELINE_ATTR):
+        metrics["baseline"] = trial.user_attrs[BASELINE_ATTR]
     _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.best_dir, metrics)
     plan, _, _ = load_adapter(ctx.files.best_dir)
     reporter.info(f"best: trial {trial.number} (seed {seed}): validation {metrics['validation']}, "

@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any, get_args
 
 from autopeft.core.errors import UserError
+from autopeft.core.extras import require
 from autopeft.core.options import Option, OptionGroup, OptionTable
 from autopeft.core.units import parse_duration, parse_memory
-from autopeft.searching.settings import STUDY_NAME, BackendName, PickName, SamplerName
+from autopeft.searching.settings import STUDY_NAME, BackendName, BaselineName, PickName, SamplerName
 from autopeft.training.options import DATA_OPTIONS, data_options, train_options
 
 DEFAULT_MAX_STEPS = 150
@@ -41,11 +42,16 @@ SEARCH_OPTIONS = OptionTable.of(
         Option("steps", DEFAULT_MAX_STEPS, type=int, flags=("--max-steps",), hidden_default=True,
                help=f"full-fidelity training steps, the top rung (default {DEFAULT_MAX_STEPS}; --steps is "
                     "the same option)"),
+        Option("epochs", type=float, help="full fidelity in epochs of the training split instead of "
+                                           "--max-steps: the training the found adapter gets"),
         Option("min_steps", type=int, help="steps of the first rung (default max-steps / eta; "
                                            "= max-steps: no early stopping)"),
         Option("eta", 3.0, type=float, help="rung growth factor; the top 1/eta of a rung continue (default 3)"),
     )),
     OptionGroup("final stage", (
+        Option("baselines", ",".join(get_args(BaselineName)),
+               help="standard recipes trained as the first trials, and compared with the pick at the end: "
+                    f"comma-separated from {', '.join(get_args(BaselineName))}, or none (default: all)"),
         Option("seeds", 3, type=int, help="retrain each front plan with this many seeds (default 3)"),
         Option("pick", "max-metric", choices=get_args(PickName),
                help="best/ = best mean metric (default) or the front's knee"),
@@ -84,6 +90,10 @@ def settings_from_options(values: dict[str, Any]):
         raise UserError("--study-name must not be empty")
     if values["ray_cpus_per_trial"] <= 0 or values["ray_gpus_per_trial"] < 0:
         raise UserError("--ray-cpus-per-trial must be > 0 and --ray-gpus-per-trial >= 0")
+    if values["backend"] == "ray":
+        require("ray")
+    if (values["storage"] or "").startswith(("postgresql", "postgres:")):
+        require("postgres")
     workers, threads = resolve_workers(values["workers"])
     settings = SearchSettings(
         data=data_options(values),
@@ -98,8 +108,25 @@ def settings_from_options(values: dict[str, Any]):
         workers=workers, threads=threads, storage=values["storage"], study_name=values["study_name"],
         backend=values["backend"], ray_address=values["ray_address"],
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
+        baselines=parse_baselines(values["baselines"]),
+        epochs=values["epochs"],
     )
-    settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded
+    if values["epochs"] is not None and not values["epochs"] > 0:
+        raise UserError(f"--epochs must be > 0, got {values['epochs']}")
+    if values["epochs"] is None:
+        settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded
     if values["memory"]:
         parse_memory(values["memory"])
     return settings
+
+
+def parse_baselines(text: str) -> tuple[BaselineName, ...]:
+    """``--baselines``: comma-separated recipe names, or ``none``."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names in ((), ("none",)):
+        return ()
+    unknown = [n for n in names if n not in get_args(BaselineName)]
+    if unknown:
+        raise UserError(f"--baselines: unknown recipe(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(get_args(BaselineName))}, or none")
+    return names  # type: ignore[return-value]

@@ -12,7 +12,7 @@ that is invalid in any other way is recorded as infeasible with the plan's own e
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
@@ -21,6 +21,7 @@ from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.core.units import format_count
 from autopeft.peft.plan import Plan
+from autopeft.searching.baselines import baseline_plan
 from autopeft.searching.context import SearchContext
 from autopeft.searching.objectives import estimate_memory
 from autopeft.space import Sample
@@ -45,6 +46,9 @@ def _memory_of(ctx: SearchContext, plan: Plan, config: TrainConfig) -> int | Non
 def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Proposal | None:
     """The trial's plan if it is feasible; otherwise record it as infeasible, enqueue a repair, return None."""
     arch = ctx.arch
+    fixed = baseline_plan(trial)
+    if fixed is not None:
+        return _propose_baseline(ctx, study, trial, fixed)
     sample = ctx.space.sample_choices(trial, arch)  # a claimed trial replays its recorded parameters
     plan = sample.plan()
     # the forbid rules first: they include the implicit one (one prefix-type method per layer), whose
@@ -86,6 +90,29 @@ def propose(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial) -> Pro
     study.tell(trial, state=TrialState.PRUNED)
     study.enqueue_trial(repaired.trial_params(), user_attrs={"repaired_from": trial.number, "status": TrialStatus.QUEUED})
     return None
+
+
+def _propose_baseline(ctx: SearchContext, study: optuna.Study, trial: optuna.Trial, plan: Plan) -> Proposal | None:
+    """A baseline's fixed plan (scaled to the budget when enqueued), with the training options the space
+    searches sampled like any trial's; refused without repair if it breaks the memory limit."""
+    config = replace(ctx.settings.train, seed=ctx.settings.seed + trial.number, **ctx.space.sample_training(trial))
+    params = plan.num_params(ctx.arch)
+    attrs = trial.user_attrs
+    memory = attrs["memory_bytes"] if "memory_bytes" in attrs else _memory_of(ctx, plan, config)
+    if "plan" not in attrs:
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("params_pct", 100 * params / ctx.base_params)
+        trial.set_user_attr("train_config", asdict(config))  # the final stage retrains a stopped baseline
+        if memory is not None:
+            trial.set_user_attr("memory_bytes", memory)
+    if ctx.memory_limit is not None and memory is not None and memory > ctx.memory_limit:
+        trial.set_user_attr("status", TrialStatus.INFEASIBLE)
+        trial.set_user_attr("reason", f"baseline: memory {memory / 2**20:.0f} MiB > --memory {ctx.settings.memory}")
+        study.tell(trial, state=TrialState.PRUNED)
+        return None
+    trial.set_user_attr("seed", config.seed)
+    return Proposal(trial.number, plan, params, memory, config)
 
 
 def repair(ctx: SearchContext, sample: Sample, config: TrainConfig, number: int) -> Sample:

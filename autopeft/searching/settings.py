@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from autopeft.searching.rungs import default_min_steps, rung_steps
 from autopeft.study.layout import STUDY_NAME
@@ -21,8 +21,8 @@ from autopeft.training.options import DataOptions
 SamplerName = Literal["tpe", "nsga2", "gp", "random"]
 PickName = Literal["max-metric", "knee"]
 BackendName = Literal["optuna", "ray"]
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "gp", "random")
-PICKS: tuple[str, ...] = ("max-metric", "knee")
+#: the standard recipes trained as a study's first trials (:mod:`autopeft.searching.baselines`)
+BaselineName = Literal["lora-r8-qv", "pfeiffer", "parallel-adapter"]
 DEFAULT_BUDGET = "0.5%"
 
 
@@ -53,6 +53,8 @@ class SearchSettings:
     ray_address: str | None = None
     ray_cpus_per_trial: float = 1.0
     ray_gpus_per_trial: float = 0.0
+    baselines: tuple[BaselineName, ...] = get_args(BaselineName)
+    epochs: float | None = None  # full fidelity in epochs; resolved to train.steps once the data is loaded
 
     @property
     def max_steps(self) -> int:
@@ -83,4 +85,5 @@ class SearchSettings:
                                         if k in {f.name for f in fields(DataOptions)}})
         values["train"] = TrainConfig(**record["train"])
         values["objectives"] = tuple(record["objectives"])
+        values["baselines"] = tuple(record.get("baselines", ()))
         return replace(cls(**values), **overrides)

@@ -25,7 +25,8 @@ Modules: :mod:`.nodes` (typed nodes), :mod:`.layers` (layer selections, groups, 
 (safe YAML with line/column marks), :mod:`.parse` (the grammar), :mod:`.model` (decisions, units,
 samples, forbid rules), :mod:`.search_space` (sampling, extremes, feasibility), :mod:`.repair` (budget
 repair), :mod:`.stats` (size, fraction that fits), :mod:`.to_optuna` and :mod:`.to_ray` (converters),
-:mod:`.presets` (shipped presets).
+:mod:`.presets` (shipped presets), :mod:`.shapes` (a model's shapes and base count from its config.json, for
+``autopeft space check`` without torch).
 """
 
 from .layers import Groups, LayerSelection, parse_selection

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from autopeft.core.arch import LINEAR_SITES, ModelArch
 from autopeft.core.errors import UserError
@@ -18,6 +16,9 @@ from .model import NONE, Decision, Forbid, Mask, Sample, Unit, UnitChoice, Viola
 from .nodes import Choice, Float, Int, Node, is_number, is_parameter, ordered_values
 from .repair import repair
 from .to_optuna import suggest, suggest_branch
+
+if TYPE_CHECKING:
+    import optuna
 
 MASK_NODE = Choice((True, False))
 
@@ -107,8 +108,12 @@ class SearchSpace:
             prefix = f"{decision.name}.{unit.name}"
             method, values = suggest_branch(trial, prefix, decision.choice)
             choices.append(UnitChoice(prefix, decision, unit.layers, unit.sites, method, values))
-        training = {k: suggest(trial, f"training.{k}", node) for k, node in self.training.items()}
-        return Sample(tuple(choices), training, masks, self.fixed_training)
+        return Sample(tuple(choices), self.sample_training(trial), masks, self.fixed_training)
+
+    def sample_training(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample only the training options the space searches (e.g. the learning rate): what a baseline
+        trial, whose plan is fixed, leaves to the sampler."""
+        return {k: suggest(trial, f"training.{k}", node) for k, node in self.training.items()}
 
     def sample(self, trial: optuna.Trial, arch: ModelArch) -> tuple[Plan, dict[str, Any]]:
         sample = self.sample_choices(trial, arch)

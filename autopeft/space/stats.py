@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-import numpy as np
-
 from autopeft.core.arch import ModelArch
 from autopeft.core.errors import UserError
 
@@ -154,6 +152,8 @@ def _exact(space: SearchSpace, arch: ModelArch, budget: int) -> float | None:
     cells = budget // g + 1
     if cells > MAX_DP_CELLS:
         return None
+    import numpy as np  # only here: checking a space without a budget does not import it
+
     dp = np.zeros(cells)
     dp[0] = 1.0
     for h in histograms:  # dp[c] = probability that the units so far cost c * g

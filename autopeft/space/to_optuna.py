@@ -3,27 +3,28 @@
 Conditional parameters are what define-by-run gives for free: a method's options are suggested only
 after (and only if) the method was chosen, so a trial holds exactly the parameters of its branches.
 Any Optuna sampler works; TPE with ``group=True`` models each branch's parameters jointly.
+
+Sampling only calls the trial's ``suggest_*`` methods, so Optuna itself is imported where distributions are
+built: loading and checking a space (``autopeft spaces``, ``autopeft space check``) does not import it.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from typing import TYPE_CHECKING, Any
 
 from .nodes import Choice, Conditional, Fixed, Float, Int, Node, is_parameter
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
 
 NONE = "none"
 
 
 def distribution(node: Node) -> BaseDistribution | None:
     """The Optuna distribution of a node (``None`` for a fixed value, which is not a parameter)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if isinstance(node, Fixed):
         return None
     if isinstance(node, Int):
@@ -54,6 +55,8 @@ def suggest_branch(trial: optuna.Trial, prefix: str, node: Conditional) -> tuple
 
 def branch_distributions(prefix: str, node: Conditional, branch: str) -> dict[str, BaseDistribution]:
     """The distributions of the parameters a trial holds when ``branch`` was chosen (for ``add_trial``)."""
+    from optuna.distributions import CategoricalDistribution
+
     out: dict[str, BaseDistribution] = {}
     if len(node.names) > 1:
         out[f"{prefix}.method"] = CategoricalDistribution(list(node.names))

@@ -31,11 +31,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
+from autopeft.core.extras import found, require
 from autopeft.peft.artifacts import write_json
 from autopeft.peft.plan import Plan
 from autopeft.study.layout import StudyLayout, retrain_records
 
-COLUMNS = ["number", "state", "status", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
+COLUMNS = ["number", "state", "status", "baseline", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
            "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan"]
 SETTINGS_ATTR = "settings"
 
@@ -43,12 +44,11 @@ SETTINGS_ATTR = "settings"
 def normalize_storage_url(url: str) -> str:
     """``postgresql://`` with whichever PostgreSQL driver is installed (SQLAlchemy 2 defaults to psycopg 3;
     ``autopeft[postgres]`` installs psycopg2)."""
-    import importlib.util
-
     for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None \
-                and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len(prefix):]
+        if url.startswith(prefix):
+            require("postgres")
+            if not found("psycopg"):
+                return "postgresql+psycopg2://" + url[len(prefix):]
     return url
 
 
@@ -145,6 +145,7 @@ def trial_row(t: FrozenTrial, base_params: int, retrain: dict[str, Any] | None) 
         "number": t.number,
         "state": t.state.name.lower(),
         "status": attrs.get("status", TrialStatus.RUNNING if t.state == TrialState.RUNNING else ""),
+        "baseline": attrs.get("baseline", ""),  # the recipe's name for a baseline trial (searching/baselines.py)
         "metric": t.values[0] if t.values else None,
         "params": attrs.get("params"),
         "params_pct": round(100 * attrs["params"] / base_params, 5) if "params" in attrs else None,

@@ -7,7 +7,7 @@ directory all ask a :class:`StudyLayout` for a path instead of spelling file and
     study.db          Optuna storage (SQLite) unless --storage points elsewhere; the source of truth
     settings.json     the settings that define the study (a resume with other settings is refused),
                       the storage URL (password removed) and the study name
-    trials.csv        every trial: number, state, status, metric, params, params_pct, memory_bytes,
+    trials.csv        every trial: number, state, status, baseline (a baseline recipe's name), metric, params, params_pct, memory_bytes,
                       steps, rung_metrics, retrain_mean, retrain_std, duration_s, seed, reason,
                       summary, plan (JSON)
     pareto.csv        the same columns for the front: non-dominated plans among those trained to

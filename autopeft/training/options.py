@@ -12,12 +12,14 @@ from typing import Any
 
 from autopeft.core.choices import PRECISIONS, QUANTIZATIONS, TASK_KINDS
 from autopeft.core.errors import UserError
+from autopeft.core.extras import require
 from autopeft.core.options import Option, OptionGroup, OptionTable
 
 DATA_OPTIONS = OptionTable.of(OptionGroup(None, (
     Option("model", "minilm", help="built-in alias (minilm, smollm2-135m), local folder or hub id"),
     Option("dataset", "rotten_tomatoes",
-           help="built-in alias (rotten_tomatoes, bbc_news, hamlet), csv/json/jsonl/parquet file, "
+           help="built-in alias (rotten_tomatoes, bbc_news, newsgroups, trec, amazon_reviews, hamlet), "
+                "csv/json/jsonl/parquet file, "
                 "save_to_disk folder, or hub id (name or name:config)"),
     Option("task", None, choices=TASK_KINDS, help="default: detected"),
     Option("text_column"),
@@ -61,6 +63,8 @@ class DataOptions:
         if self.quantize not in QUANTIZATIONS:
             raise UserError(f"--quantize {self.quantize!r} is not supported; choose one of "
                             f"{', '.join(QUANTIZATIONS)}")
+        if self.quantize != "none":
+            require("quant")
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

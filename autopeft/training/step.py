@@ -30,12 +30,9 @@ Imports no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from autopeft.core.choices import PrefixCache
+from autopeft.core.choices import DeviceType, PrefixCache
 from autopeft.training.config import TrainConfig
-
-DeviceType = Literal["cpu", "cuda"]
 
 #: CPU training steps up to this many tokens run eager attention (studies/step-speed: faster than SDPA's
 #: backward at MiniLM's sizes); longer ones keep SDPA, since eager materialises (B, H, T, T) scores

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from autopeft.core.choices import DEVICE_TYPES, OPTIMIZERS, PRECISIONS, QUANTIZATIONS, TASK_KINDS
 from autopeft.core.errors import UserError
 
 CANDIDATES = 8  # budget-repaired versions of the space's largest plan that are estimated
@@ -19,13 +20,13 @@ def register(sub) -> None:
     p.add_argument("--budget", help="with --space: trainable-parameter budget (0.5%%, 120k, 1.5M)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64, help="tokens per example (autopeft's --max-length)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+    p.add_argument("--dtype", choices=PRECISIONS, default="bf16",
                    help="bf16 = bf16 autocast with fp32 master weights (autopeft's default); fp32")
-    p.add_argument("--quantize", choices=["none", "nf4", "fp4", "int8"], default="none")
-    p.add_argument("--optimizer", choices=["adamw", "adamw8bit", "sgd"], default="adamw")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    p.add_argument("--task", choices=["auto", "classification", "causal-lm"], default="auto",
+    p.add_argument("--device", choices=DEVICE_TYPES, default="cuda")
+    p.add_argument("--task", choices=("auto", *TASK_KINDS), default="auto",
                    help="default: causal-lm for decoders, classification for encoders")
     p.add_argument("--num-labels", type=int, default=2, help="classes of a classification head")
     p.add_argument("--trust-remote-code", action="store_true")

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from autopeft.core.errors import UserError
+from autopeft.core.extras import require
 from autopeft.study.layout import StudyLayout
 
 ADAPTER_FILES = ("plan.json", "adapter.safetensors", "autopeft_config.json", "metrics.json")
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from autopeft.peft.artifacts import load_adapter
     from autopeft.report.model_card import write_card
 
+    if args.format == "peft":
+        require("peft")  # before anything is written
     source = adapter_dir_of(args.source, args.trial)
     plan, _, config = load_adapter(source)  # validates the directory before anything is written
     metrics_path = source / "metrics.json"

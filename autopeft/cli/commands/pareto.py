@@ -61,7 +61,12 @@ def print_table(view, trials, show_state: bool) -> None:
         state = [t.status + ("*" if t.on_front else "")] if show_state else []
         table.add_row(str(t.number), *state, metric, format_count(t.params) if t.params is not None else "-",
                       f"{t.params_pct:.3f}%" if t.params_pct is not None else "-", format_bytes(t.memory_bytes),
-                      t.summary or "-")
+                      (f"(baseline {t.baseline}) " if t.baseline else "") + (t.summary or "-"))
     console.print(table)
+    from autopeft.searching.uplift import describe_comparison
+
+    line = describe_comparison(view.summary.get("baseline_comparison"))
+    if line:
+        console.print(line)
     if show_state:
         console.print("* = on the Pareto front")

@@ -38,7 +38,13 @@ def register(sub) -> None:
 
 
 def model_shapes(spec: str, trust_remote_code: bool = False) -> tuple[Any, int]:
-    """(ModelArch, base parameter count) from the model's config alone: the model is built on the meta device."""
+    """(ModelArch, base parameter count) from the model's config alone: read from its config.json where that
+    is exact (:mod:`autopeft.space.shapes`: no torch), else from a build on the meta device."""
+    from autopeft.space.shapes import config_file_shapes
+
+    shapes = None if trust_remote_code else config_file_shapes(spec)
+    if shapes is not None:
+        return shapes
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

@@ -1,7 +1,8 @@
 """The Optuna backend: this process and ``--workers N - 1`` local worker processes share one study.
 
 The coordinator (``autopeft search``) records the settings in the study, puts trials left running by
-a killed run back in the queue, enqueues the warm start (the space's smallest plan) into a new study,
+a killed run back in the queue, enqueues the warm start (the space's smallest plan) and the baselines
+(:mod:`autopeft.searching.baselines`) into a new study,
 starts the worker processes (``autopeft worker``, one log file each under ``logs/``), works as a
 worker itself, waits until every counted trial has finished, and runs the final stage. Each process
 uses the torch threads of ``--workers`` (:func:`autopeft.searching.threads.resolve_workers`: ``auto`` = one
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.searching.backends.optuna_worker import Worker
+from autopeft.searching.baselines import enqueue_baselines, fitting_baselines
 from autopeft.searching.bookkeeping import counted
 from autopeft.searching.context import SearchContext, open_study, record_settings
 from autopeft.searching.final_stage import jobs, run_share
@@ -46,7 +48,9 @@ def prepare_study(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
     if not study.trials:
         # warm start: the space's cheapest plan (head only in `hybrid`) is trained first, so the front
         # always reaches down to the cheapest configuration and shows what the adapters add over it
-        study.enqueue_trial(ctx.space.smallest(ctx.arch).trial_params(), user_attrs={"warm_start": "smallest plan", "status": TrialStatus.QUEUED})
+        study.enqueue_trial(ctx.space.smallest(ctx.arch).trial_params(),
+                            user_attrs={"warm_start": "smallest plan", "status": TrialStatus.QUEUED})
+        enqueue_baselines(study, fitting_baselines(ctx.settings.baselines, ctx.arch, ctx.budget))
     study.set_user_attr(STARTED_ATTR, time.time())
     return study
 

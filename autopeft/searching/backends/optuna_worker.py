@@ -31,6 +31,7 @@ from autopeft.core.faults import environment_error
 from autopeft.peft.artifacts import save_adapter
 from autopeft.searching.bookkeeping import (
     counted,
+    out_of_time,
     record_complete,
     record_failed,
     record_rung,
@@ -99,12 +100,12 @@ class Worker:
             recover_stale(self.study)
             trial = claim_interrupted(self.study)
             if trial is None:
-                out_of_time = (settings.time_budget_s is not None
-                               and time.time() - self.started > settings.time_budget_s)
+                no_time = out_of_time(self.study, self.ctx.objectives, settings, self.started, time.time())
                 out_of_steps = settings.step_budget is not None and steps_spent(self.study) >= settings.step_budget
-                if out_of_time or out_of_steps or counted(self.study) >= settings.trials:
-                    if out_of_time:
-                        self.reporter.info("time budget reached: no new trials are started")
+                if no_time or out_of_steps or counted(self.study) >= settings.trials:
+                    if no_time:
+                        self.reporter.info("time budget reached (the final stage's share kept): no new trials "
+                                           "are started")
                     if self.wait_for_others and self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                         time.sleep(POLL_S)
                         continue

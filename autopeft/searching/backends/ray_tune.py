@@ -36,6 +36,7 @@ from autopeft.core.errors import UserError
 from autopeft.searching.backends.local import STARTED_ATTR, prepare_study
 from autopeft.searching.bookkeeping import (
     counted,
+    out_of_time,
     record_complete,
     record_failed,
     record_rung,
@@ -75,8 +76,8 @@ class AutopeftOptunaSearch(OptunaSearch):
         if self.failures >= settings.max_failures:
             return Searcher.FINISHED
         interrupted = claim_interrupted(self._ot_study)
-        if interrupted is None and settings.time_budget_s is not None \
-                and time.time() - self.started > settings.time_budget_s:
+        if interrupted is None and out_of_time(self._ot_study, self.ctx.objectives, settings, self.started,
+                                               time.time()):
             self.reporter.info("time budget reached: no new trials are started")
             return Searcher.FINISHED
         trial = interrupted

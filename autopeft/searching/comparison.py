@@ -1,0 +1,94 @@
+"""The pick against the best baseline, at the end of every search (:mod:`autopeft.searching.baselines`).
+
+1. The best baseline: among the baseline trials, those that reached the highest rung any baseline
+   reached, the best metric there (a baseline stopped early by the promotion rule still competes).
+2. It is retrained at full fidelity with the pick's own seeds (``trials/<b>/seed-<s>/``), so the two
+   pair up seed by seed; both are evaluated on validation and on test for every seed.
+3. The uplift is the paired difference pick - baseline (:mod:`autopeft.searching.uplift`). If it is not
+   beyond noise on validation (a one-sided paired t-test at 5%), the search has not shown that it beats
+   the baseline: the pick becomes the baseline, and the report says so. Test numbers are reported, never
+   used to decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autopeft.peft.artifacts import load_adapter
+from autopeft.searching.baselines import BASELINE_ATTR
+from autopeft.searching.context import SearchContext
+from autopeft.searching.progress import Reporter
+from autopeft.searching.uplift import accuracy_standard_error, describe_comparison, paired_difference
+from autopeft.training.config import TrainConfig
+
+# (trial, seed) -> the retraining's validation metric, training it if needed (final_stage.run_job)
+Retrain = Callable[[FrozenTrial, int], float]
+
+
+def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial | None:
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get("rung_metrics")]
+    if not trials:
+        return None
+    top = max(max(int(rung) for rung in t.user_attrs["rung_metrics"]) for t in trials)
+    sign = 1.0 if greater_is_better else -1.0
+    at_top = [t for t in trials if str(top) in t.user_attrs["rung_metrics"]]
+    return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
+
+
+def test_values(ctx: SearchContext, directories: list[Path]) -> list[float]:
+    """The primary test metric of each adapter directory."""
+    session = ctx.prepared.session
+    values = []
+    for directory in directories:
+        plan, state, config = load_adapter(directory)
+        metrics = session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"]))
+        values.append(metrics.values[session.primary_metric])
+    return values
+
+
+def standard_errors(ctx: SearchContext, validation: float, test: float | None) -> dict[str, float] | None:
+    """Binomial standard errors of an accuracy on the validation and test splits (classification only)."""
+    if ctx.prepared.session.primary_metric != "accuracy":
+        return None
+    sizes = ctx.prepared.data.split_sizes
+    errors = {"validation": accuracy_standard_error(validation, sizes.get("validation", 0))}
+    if test is not None:
+        errors["test"] = accuracy_standard_error(test, sizes.get("test", 0))
+    return errors
+
+
+def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_record: dict[str, Any],
+            pick_dirs: list[Path], retrain: Retrain, reporter: Reporter) -> dict[str, Any] | None:
+    """The comparison record (None when the study has no baseline that trained)."""
+    greater = ctx.objectives.greater_is_better
+    baseline = best_baseline(study, greater)
+    if baseline is None:
+        return None
+    name = baseline.user_attrs[BASELINE_ATTR]
+    seeds = pick_record["seeds"]
+    ours_test = test_values(ctx, pick_dirs)
+    if baseline.number == pick.number:
+        record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": True, "picked": "baseline",
+                  "seeds": seeds, "validation": {"pick": pick_record["values"]}, "test": {"pick": ours_test}}
+        reporter.info(describe_comparison(record) or "")
+        return record
+    reporter.info(f"comparing the pick with the best baseline, {name} (trial {baseline.number}), "
+                  f"on the pick's {len(seeds)} seeds")
+    theirs_validation = [retrain(baseline, seed) for seed in seeds]
+    theirs_test = test_values(ctx, [ctx.files.seed_dir(baseline.number, seed) for seed in seeds])
+    validation = paired_difference(pick_record["values"], theirs_validation, greater)
+    test = paired_difference(ours_test, theirs_test, greater)
+    picked = "search" if validation.beyond_noise else "baseline"
+    record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": False, "picked": picked,
+              "seeds": seeds,
+              "validation": {"pick": pick_record["values"], "baseline": theirs_validation,
+                             "uplift": validation.to_record()},
+              "test": {"pick": ours_test, "baseline": theirs_test, "uplift": test.to_record()}}
+    reporter.info(describe_comparison(record) or "")
+    return record

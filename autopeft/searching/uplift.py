@@ -1,0 +1,84 @@
+"""How much the pick beats the best baseline, and whether that is more than noise.
+
+The pick and the best baseline are retrained with the same seeds (same data order, head initialisation
+and dropout draws), so their metrics pair up seed by seed. With the K differences d_i = pick_i -
+baseline_i (signed so that positive is better):
+
+    mean d = (1/K) sum d_i,   s = sample std of d_i (ddof 1),   se = s / sqrt(K)
+    95% interval: mean d -+ t(0.975, K-1) se        beyond noise: mean d - t(0.95, K-1) se > 0
+
+i.e. the pick counts as better only when a one-sided paired t-test at the 5% level says so; with K = 1
+nothing is ever beyond noise. The binomial standard error of one accuracy measured on n examples,
+sqrt(p (1 - p) / n), is reported next to the metrics so that a reader can judge a single number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    mean: float
+    std: float
+    n: int
+    low: float  # two-sided 95% interval
+    high: float
+    lower_bound: float  # one-sided 95% lower bound
+
+    @property
+    def beyond_noise(self) -> bool:
+        return self.n >= 2 and self.lower_bound > 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {**asdict(self), "beyond_noise": self.beyond_noise}
+
+    def describe(self, scale: float = 100.0, unit: str = " pt") -> str:
+        if self.n < 2:
+            return f"{scale * self.mean:+.2f}{unit} (one seed: no interval)"
+        return (f"{scale * self.mean:+.2f}{unit} (95% CI {scale * self.low:+.2f} to {scale * self.high:+.2f}, "
+                f"{self.n} paired seeds)")
+
+
+def paired_difference(ours: list[float], theirs: list[float], greater_is_better: bool = True) -> PairedDifference:
+    """Paired differences ``ours - theirs`` (or ``theirs - ours`` when lower is better)."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError(f"paired differences need equal, non-empty lists; got {len(ours)} and {len(theirs)}")
+    sign = 1.0 if greater_is_better else -1.0
+    diffs = [sign * (a - b) for a, b in zip(ours, theirs, strict=True)]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return PairedDifference(mean, 0.0, 1, math.nan, math.nan, math.nan)
+    std = statistics.stdev(diffs)
+    se = std / math.sqrt(len(diffs))
+    df = len(diffs) - 1
+    half = float(stats.t.ppf(0.975, df)) * se
+    return PairedDifference(mean, std, len(diffs), mean - half, mean + half, mean - float(stats.t.ppf(0.95, df)) * se)
+
+
+def accuracy_standard_error(accuracy: float, examples: int) -> float:
+    """Binomial standard error of an accuracy measured on ``examples`` examples."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(examples, 1))
+
+
+def describe_comparison(comparison: dict[str, Any] | None) -> str | None:
+    """The pick against the best baseline in one line, from the record :mod:`autopeft.searching.comparison`
+    writes (``summary.json``'s ``baseline_comparison``)."""
+    if not comparison:
+        return None
+    name = comparison["baseline"]
+    if comparison.get("pick_is_baseline"):
+        return f"the pick is the baseline {name} (trial {comparison['trial']})"
+
+    def describe(record: dict[str, Any]) -> str:
+        return PairedDifference(**{k: record[k] for k in ("mean", "std", "n", "low", "high", "lower_bound")}).describe()
+
+    verdict = ("beyond noise" if comparison["validation"]["uplift"]["beyond_noise"] else
+               f"not beyond noise: the search did not show that it beats {name}, so the pick is {name}")
+    return (f"uplift over the best baseline ({name}, trial {comparison['trial']}): validation "
+            f"{describe(comparison['validation']['uplift'])}, test {describe(comparison['test']['uplift'])}; {verdict}")

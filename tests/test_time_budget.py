@@ -1,0 +1,79 @@
+"""``--time-budget`` bounds the whole command, final stage included: new trials stop early enough for
+the final stage's retrainings (estimated from the trials' own durations) to fit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import optuna
+import pytest
+
+from autopeft.cli.main import main
+from autopeft.searching.bookkeeping import final_stage_seconds, full_fidelity_seconds, out_of_time
+from autopeft.searching.objectives import Objectives
+from autopeft.searching.settings import SearchSettings
+from autopeft.testing import TINY_SPACE, tiny_csv, tiny_model_dir
+
+
+def _study_with_complete_trials(durations: list[float]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, seconds in enumerate(durations):
+        trial = study.ask()
+        trial.set_user_attr("params", 100 * (i + 1))
+        trial.set_user_attr("duration_s", seconds)
+        study.tell(trial, [0.5 + 0.1 * i, 100 * (i + 1)])  # each better and larger: all on the front
+    return study
+
+
+def test_the_final_stage_share_is_estimated_from_the_trials_durations():
+    objectives = Objectives(("metric", "params"), greater_is_better=True)
+    study = _study_with_complete_trials([10.0, 30.0, 20.0])
+    assert full_fidelity_seconds(study) == 20.0
+    # 3 front plans x (3 - 1) seeds + 3 baseline seeds = 9 retrainings of 20 s, over 2 workers
+    assert final_stage_seconds(study, objectives, seeds=3, workers=2) == pytest.approx(90.0)
+    settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
+    assert not out_of_time(study, objectives, settings, started=0.0, now=89.0)  # 89 + 20 + 90 <= 200
+    assert out_of_time(study, objectives, settings, started=0.0, now=91.0)
+    assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
+
+
+@pytest.mark.slow
+def test_a_tiny_search_with_a_tiny_budget_ends_on_time(tmp_path):
+    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    out, budget = tmp_path / "study", 45.0
+    start = time.monotonic()
+    code = main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+                 "--budget", "1.2k", "--batch-size", "8", "--trials", "500", "--max-steps", "90",
+                 "--min-steps", "30", "--seeds", "2", "--workers", "1", "--time-budget", f"{budget:.0f}s",
+                 "--out", str(out), "--quiet"])
+    elapsed = time.monotonic() - start
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] < 500  # stopped by the clock
+    # loading the tiny model and data takes a few seconds before the clock of the search starts; one
+    # trial's estimate may be off by a trial: the whole command still ends near its budget
+    assert elapsed < budget + 25, (elapsed, summary["elapsed_s"])
+
+
+def test_steps_for_epochs_rounds_up():
+    from autopeft.searching.context import steps_for_epochs
+
+    assert steps_for_epochs(1, 192, 8) == 24 and steps_for_epochs(0.5, 193, 8) == 13 and steps_for_epochs(0.01, 5, 8) == 1
+
+
+@pytest.mark.slow
+def test_search_epochs_sets_the_top_rung_to_that_training(tmp_path):
+    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    out = tmp_path / "study"
+    argv = ["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+            "--budget", "1.2k", "--batch-size", "8", "--trials", "4", "--epochs", "2", "--min-steps", "16",
+            "--seeds", "1", "--workers", "1", "--baselines", "lora-r8-qv", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    train = summary["data"]["split_sizes"]["train"]
+    assert summary["rungs"][-1] == -(-2 * train // 8) and summary["rungs"][0] == 16
+    assert summary["best"]["steps"] == summary["rungs"][-1]
+    assert main(argv) == 0  # the same command resumes the finished study (same resolved identity)
