@@ -9,7 +9,7 @@ place the backends (:mod:`~autopeft.searching.backends.optuna_worker`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -85,9 +85,13 @@ def rung_entries(study: optuna.Study, objectives: Objectives, rung: int) -> dict
     return entries
 
 
-def top_rung_front(study: optuna.Study, objectives: Objectives) -> list[int]:
-    """Trial numbers of the non-dominated plans among those trained to full fidelity (COMPLETE)."""
-    complete = {t.number: objectives.minimised(t.values[0], t.user_attrs["params"], t.user_attrs.get("memory_bytes"))
+def top_rung_front(study: optuna.Study, objectives: Objectives,
+                   means: Mapping[int, float] | None = None) -> list[int]:
+    """Trial numbers of the non-dominated plans among those trained to full fidelity (COMPLETE), each scored
+    by its own run, or by its seed mean where ``means`` has one (after the final stage's retrainings)."""
+    means = means or {}
+    complete = {t.number: objectives.minimised(means.get(t.number, t.values[0]), t.user_attrs["params"],
+                                               t.user_attrs.get("memory_bytes"))
                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "params" in t.user_attrs}
     return pareto_front(complete)
 

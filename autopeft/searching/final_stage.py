@@ -1,7 +1,12 @@
 """Final stage: retrain the top-rung Pareto front with several seeds, pick a plan, write front/ and best/.
 
 1. The front: non-dominated plans (on the chosen objectives) among the trials trained to full
-   fidelity (the top rung).
+   fidelity (the top rung). After the retrainings of step 2 it is recomputed with every retrained plan
+   scored by its seed mean (and every other trial by its own run): a plan whose seeds average lower may
+   leave it, and a trial it dominated only on one lucky run may join it (and is retrained in turn),
+   until the front holds only retrained plans. That front is the one ``pareto.csv``, ``summary.json``,
+   ``autopeft pareto``, the plots and the report show: each point where it is drawn (seed mean if
+   retrained, own run otherwise) and the front line agree.
 2. Each front plan is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
    (a resumed or promoted run is bitwise the uninterrupted one, so it is not trained again); seeds
    2..K are ``--seed + n + 1000003 * k``. Its score is the mean ± sample standard deviation
@@ -170,11 +175,17 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
         raise UserError("no trial was trained to full fidelity; see trials.csv for the reasons")
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     reporter.info(f"final stage: retraining the {len(numbers)} front plans with {ctx.settings.seeds} seeds each")
-    front = []
-    for n in numbers:
-        record = retrain(ctx, study, trials[n], reporter)
-        front.append({"trial": n, "params": trials[n].user_attrs["params"], "mean": record["mean"],
-                      "std": record["std"], "record": record})
+    records: dict[int, dict[str, Any]] = {}
+    while True:  # until the front on seed means holds only retrained plans (see the module docstring)
+        for n in numbers:
+            if n not in records:
+                records[n] = retrain(ctx, study, trials[n], reporter)
+        numbers = top_rung_front(study, objectives, {n: r["mean"] for n, r in records.items()})
+        if set(numbers) <= set(records):
+            break
+        reporter.info(f"final stage: on seed means, trials {sorted(set(numbers) - set(records))} join the front")
+    front = [{"trial": n, "params": trials[n].user_attrs["params"], "mean": records[n]["mean"],
+              "std": records[n]["std"], "record": records[n]} for n in numbers]
     chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
     comparison = compare(ctx, study, best_trial, best_record,
