@@ -27,6 +27,7 @@ from types import ModuleType
 import torch
 
 from autopeft.core.errors import UserError
+from autopeft.core.extras import installed
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 
@@ -38,7 +39,7 @@ def interpreting() -> bool:
 
 @cache
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return installed("kernels")  # the one check of every optional extra (autopeft.core.extras)
 
 
 def check_interpreter() -> None:

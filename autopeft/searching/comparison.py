@@ -41,15 +41,14 @@ def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial |
     return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
 
 
-def test_values(ctx: SearchContext, directories: list[Path]) -> list[float]:
-    """The primary test metric of each adapter directory."""
+def test_metrics(ctx: SearchContext, directories: list[Path]) -> list[dict[str, float]]:
+    """The test metrics of each adapter directory (evaluated once: the final stage reuses them for best/)."""
     session = ctx.prepared.session
-    values = []
+    metrics = []
     for directory in directories:
         plan, state, config = load_adapter(directory)
-        metrics = session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"]))
-        values.append(metrics.values[session.primary_metric])
-    return values
+        metrics.append(session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"])).values)
+    return metrics
 
 
 def standard_errors(ctx: SearchContext, validation: float, test: float | None) -> dict[str, float] | None:
@@ -64,24 +63,28 @@ def standard_errors(ctx: SearchContext, validation: float, test: float | None) -
 
 
 def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_record: dict[str, Any],
-            pick_dirs: list[Path], retrain: Retrain, reporter: Reporter) -> dict[str, Any] | None:
-    """The comparison record (None when the study has no baseline that trained)."""
+            pick_tests: list[dict[str, float]], retrain: Retrain,
+            reporter: Reporter) -> tuple[dict[str, Any] | None, list[dict[str, float]]]:
+    """The comparison record (None when the study has no baseline that trained) and the baseline's test
+    metrics on the pick's seeds (empty when it was not retrained). ``pick_tests``: the pick's, seed by seed."""
     greater = ctx.objectives.greater_is_better
     baseline = best_baseline(study, greater)
     if baseline is None:
-        return None
+        return None, []
     name = baseline.user_attrs[BASELINE_ATTR]
     seeds = pick_record["seeds"]
-    ours_test = test_values(ctx, pick_dirs)
+    primary = ctx.prepared.session.primary_metric
+    ours_test = [m[primary] for m in pick_tests]
     if baseline.number == pick.number:
         record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": True, "picked": "baseline",
                   "seeds": seeds, "validation": {"pick": pick_record["values"]}, "test": {"pick": ours_test}}
         reporter.info(describe_comparison(record) or "")
-        return record
+        return record, []
     reporter.info(f"comparing the pick with the best baseline, {name} (trial {baseline.number}), "
                   f"on the pick's {len(seeds)} seeds")
     theirs_validation = [retrain(baseline, seed) for seed in seeds]
-    theirs_test = test_values(ctx, [ctx.files.seed_dir(baseline.number, seed) for seed in seeds])
+    theirs_tests = test_metrics(ctx, [ctx.files.seed_dir(baseline.number, seed) for seed in seeds])
+    theirs_test = [m[primary] for m in theirs_tests]
     validation = paired_difference(pick_record["values"], theirs_validation, greater)
     test = paired_difference(ours_test, theirs_test, greater)
     picked = "search" if validation.beyond_noise else "baseline"
@@ -91,4 +94,4 @@ def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_rec
                              "uplift": validation.to_record()},
               "test": {"pick": ours_test, "baseline": theirs_test, "uplift": test.to_record()}}
     reporter.info(describe_comparison(record) or "")
-    return record
+    return record, theirs_tests

@@ -42,7 +42,7 @@ from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.bookkeeping import top_rung_front
-from autopeft.searching.comparison import compare, standard_errors
+from autopeft.searching.comparison import compare, standard_errors, test_metrics
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.progress import Reporter
@@ -188,11 +188,11 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
               "std": records[n]["std"], "record": records[n]} for n in numbers]
     chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
-    comparison = compare(ctx, study, best_trial, best_record,
-                         [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]],
-                         lambda trial, seed: run_job(ctx, trial, seed, reporter), reporter)
+    best_tests = test_metrics(ctx, [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]])
+    comparison, baseline_tests = compare(ctx, study, best_trial, best_record, best_tests,
+                                         lambda trial, seed: run_job(ctx, trial, seed, reporter), reporter)
     if comparison is not None and comparison["picked"] == "baseline" and not comparison["pick_is_baseline"]:
-        best_trial = study.get_trials(deepcopy=False)[comparison["trial"]]
+        best_trial, best_tests = study.get_trials(deepcopy=False)[comparison["trial"]], baseline_tests
         values = comparison["validation"]["baseline"]
         mean, std = mean_std(values)
         best_record = {"seeds": comparison["seeds"], "values": values, "mean": mean, "std": std,
@@ -205,7 +205,8 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
         validation = _validation_of(ctx, t, seed)
         _copy_adapter(_adapter_dir(ctx, t, seed), ctx.files.front_dir(t.number),
                       {**_common_metrics(ctx, t, seed), "validation": validation, "retrain": record})
-    best = _write_best(ctx, best_trial, best_record, reporter)
+    best = _write_best(ctx, best_trial, best_record, dict(zip(best_record["seeds"], best_tests, strict=True)),
+                       reporter)
     rows = ctx.files.write_tables(study, ctx.base_params, numbers)
     reporter.front(rows, metric)
     return {"best": best, "baseline_comparison": comparison, "front": [{"trial": e["trial"], "metric": trials[e["trial"]].values[0],
@@ -227,16 +228,13 @@ def _common_metrics(ctx: SearchContext, trial: FrozenTrial, seed: int) -> dict[s
             "memory_bytes": attrs.get("memory_bytes"), "steps": ctx.settings.max_steps}
 
 
-def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any],
+                tests: dict[int, dict[str, float]], reporter: Reporter) -> dict[str, Any]:
+    """``tests``: the test metrics of each seed's adapter (evaluated once, in the comparison step)."""
     session = ctx.prepared.session
     seed = median_seed(record)
     spread = f" ± {record['std']:.4f} over {len(record['seeds'])} seeds" if len(record["seeds"]) > 1 else " (one seed)"
-    reporter.info(f"pick ({ctx.settings.pick}): trial {trial.number}, validation {record['mean']:.4f}{spread}; "
-                  "evaluating it on the test split")
-    tests = {}
-    for s in record["seeds"]:
-        plan, state, config = load_adapter(_adapter_dir(ctx, trial, s))
-        tests[s] = session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"])).values
+    reporter.info(f"pick ({ctx.settings.pick}): trial {trial.number}, validation {record['mean']:.4f}{spread}")
     primary = session.primary_metric
     test_values = [tests[s][primary] for s in record["seeds"]]
     mean, std = mean_std(test_values)
