@@ -279,12 +279,13 @@ def test_plan_sources_and_inherited_training_options(study, model_dir):
     with pytest.raises(Exception, match="has no trial 99"):
         resolve_plan_source(f"{study}:99")
     blank = dict.fromkeys(("model", "dataset", "task", "text_column", "text_pair_column", "label_column",
-                           "max_length", "split_seed", "quantize", "lr", "batch_size", "precision"))
+                           "max_length", "split_seed", "quantize", "lr", "batch_size", "precision", "steps"))
     args = argparse.Namespace(**blank)
     data = {"model": "m", "dataset": "d.csv", "text_column": "review", "max_length": 16}
-    inherited = inherit(args, data, {"lr": 0.002})
+    inherited = inherit(args, data, {"lr": 0.002, "steps": 600})
     assert (args.model, args.dataset, args.text_column, args.max_length, args.lr) == ("m", "d.csv", "review", 16, 0.002)
     assert "lr 0.002" in inherited and args.batch_size == 16  # not recorded: the CLI default
+    assert args.steps == 600 and "steps 600" in inherited  # a study's full fidelity: the training it searched for
     args = argparse.Namespace(**{**blank, "dataset": "other.csv", "lr": 0.1})
     inherit(args, data, {"lr": 0.002})
     # another dataset: its columns and length are not the study's; an explicit lr wins

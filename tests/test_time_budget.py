@@ -58,7 +58,7 @@ def test_a_tiny_search_with_a_tiny_budget_ends_on_time(tmp_path):
 
 
 def test_steps_for_epochs_rounds_up():
-    from autopeft.searching.context import steps_for_epochs
+    from autopeft.training.config import steps_for_epochs
 
     assert steps_for_epochs(1, 192, 8) == 24 and steps_for_epochs(0.5, 193, 8) == 13 and steps_for_epochs(0.01, 5, 8) == 1
 
@@ -77,3 +77,37 @@ def test_search_epochs_sets_the_top_rung_to_that_training(tmp_path):
     assert summary["rungs"][-1] == -(-2 * train // 8) and summary["rungs"][0] == 16
     assert summary["best"]["steps"] == summary["rungs"][-1]
     assert main(argv) == 0  # the same command resumes the finished study (same resolved identity)
+
+
+def test_full_fidelity_default_is_epochs_with_a_step_cap_and_explicit_choices_win():
+    from autopeft.core.errors import UserError
+    from autopeft.searching.options import SEARCH_OPTIONS, full_fidelity, settings_from_options
+    from autopeft.searching.settings import DEFAULT_EPOCH_STEPS_CAP, DEFAULT_EPOCHS
+
+    assert full_fidelity(None, None) == (DEFAULT_EPOCHS, DEFAULT_EPOCH_STEPS_CAP)
+    assert full_fidelity(90, None) == (None, None)
+    assert full_fidelity(None, 2.5) == (2.5, None)  # an explicit --epochs is not capped
+    with pytest.raises(UserError, match="not both"):
+        full_fidelity(90, 2.0)
+    with pytest.raises(UserError, match="--epochs must be > 0"):
+        full_fidelity(None, 0.0)
+    default = settings_from_options(SEARCH_OPTIONS.resolve({}, "search"))
+    assert (default.epochs, default.epoch_steps_cap) == (DEFAULT_EPOCHS, DEFAULT_EPOCH_STEPS_CAP)
+    steps = settings_from_options(SEARCH_OPTIONS.resolve({"max_steps": 90}, "search"))
+    assert (steps.epochs, steps.epoch_steps_cap, steps.max_steps) == (None, None, 90)
+
+
+@pytest.mark.slow
+def test_default_fidelity_caps_the_epochs_at_the_step_cap(tmp_path, monkeypatch):
+    """Without --max-steps/--epochs the top rung is DEFAULT_EPOCHS epochs, at most the cap (patched small)."""
+    import autopeft.searching.options as search_options
+
+    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    monkeypatch.setattr(search_options, "DEFAULT_EPOCH_STEPS_CAP", 30)
+    out = tmp_path / "study"
+    assert main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+                 "--budget", "1.2k", "--batch-size", "8", "--trials", "2", "--seeds", "1", "--workers", "1",
+                 "--baselines", "none", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rungs"][-1] == 30  # 3 epochs of 192 examples at batch 8 = 72 steps, capped at 30

@@ -8,7 +8,6 @@ study alone, so every process of a search samples, trains and judges plans ident
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +23,7 @@ from autopeft.searching.progress import Reporter
 from autopeft.searching.settings import DEFAULT_BUDGET, SearchSettings
 from autopeft.space import SearchSpace, load_space
 from autopeft.study.files import SETTINGS_ATTR, StudyFiles, check_same_identity, mask_url, open_storage
-from autopeft.training.config import TrainConfig
+from autopeft.training.config import TrainConfig, steps_for_epochs
 from autopeft.training.pipeline import Prepared, prepare
 
 
@@ -89,11 +88,17 @@ def build_context(settings: SearchSettings, reporter: Reporter, space_source: st
     reporter.info(f"loading model '{settings.data.model}' and dataset '{settings.data.dataset}'")
     prepared = prepare(settings.data)
     if settings.epochs is not None:
-        steps = steps_for_epochs(settings.epochs, prepared.data.split_sizes["train"], settings.train.batch_size)
-        reporter.info(f"full fidelity: {settings.epochs:g} epochs of {prepared.data.split_sizes['train']} "
-                      f"examples = {steps} steps")
+        examples = prepared.data.split_sizes["train"]
+        steps = steps_for_epochs(settings.epochs, examples, settings.train.batch_size)
+        text = f"full fidelity: {settings.epochs:g} epochs of {examples} examples = {steps} steps"
+        if settings.epoch_steps_cap is not None and steps > settings.epoch_steps_cap:
+            steps = settings.epoch_steps_cap
+            text = (f"full fidelity: {steps} steps = {steps * settings.train.batch_size / examples:.2f} epochs of "
+                    f"{examples} examples (the default, {settings.epochs:g} epochs, capped at {steps} steps; "
+                    f"--epochs or --max-steps to change it)")
+        reporter.info(text)
         # the resolved length defines the study (workers rebuild these settings without the data)
-        settings = replace(settings, train=replace(settings.train, steps=steps), epochs=None)
+        settings = replace(settings, train=replace(settings.train, steps=steps), epochs=None, epoch_steps_cap=None)
         settings.rungs  # noqa: B018 - --min-steps against the resolved length
     identity = settings.identity(budget_text, space_source)
     files.check_resume(identity)
@@ -216,6 +221,3 @@ def load_worker_context(storage_url: str, study_name: str, out: str | None, repo
     return build_context(settings, reporter, space_source=stored["identity"].get("space_source"))
 
 
-def steps_for_epochs(epochs: float, train_examples: int, batch_size: int) -> int:
-    """Optimizer steps of ``epochs`` passes over ``train_examples`` at ``batch_size`` (rounded up)."""
-    return max(1, math.ceil(epochs * train_examples / batch_size))

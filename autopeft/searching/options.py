@@ -14,14 +14,22 @@ from autopeft.core.errors import UserError
 from autopeft.core.extras import require
 from autopeft.core.options import Option, OptionGroup, OptionTable
 from autopeft.core.units import parse_duration, parse_memory
-from autopeft.searching.settings import STUDY_NAME, BackendName, BaselineName, PickName, SamplerName
+from autopeft.searching.settings import (
+    DEFAULT_EPOCH_STEPS_CAP,
+    DEFAULT_EPOCHS,
+    STUDY_NAME,
+    BackendName,
+    BaselineName,
+    PickName,
+    SamplerName,
+)
 from autopeft.training.options import DATA_OPTIONS, data_options, train_options
 
-DEFAULT_MAX_STEPS = 150
+DEFAULT_FIDELITY_TEXT = f"{DEFAULT_EPOCHS:g} epochs, at most {DEFAULT_EPOCH_STEPS_CAP} steps"
 
 SEARCH_OPTIONS = OptionTable.of(
     DATA_OPTIONS,
-    train_options(steps=DEFAULT_MAX_STEPS),
+    train_options(steps=None, steps_help=DEFAULT_FIDELITY_TEXT),
     OptionGroup("objectives and budgets", (
         Option("budget", help="max trainable params: 0.5%% of the base model, 120k, 1.5M "
                               "(default: the space's budget, else 0.5%%)"),
@@ -39,11 +47,11 @@ SEARCH_OPTIONS = OptionTable.of(
     )),
     OptionGroup("multi-fidelity (rungs by training steps)", (
         # the same value as --steps (train_options): the top rung; --steps keeps its own default
-        Option("steps", DEFAULT_MAX_STEPS, type=int, flags=("--max-steps",), hidden_default=True,
-               help=f"full-fidelity training steps, the top rung (default {DEFAULT_MAX_STEPS}; --steps is "
-                    "the same option)"),
+        Option("steps", None, type=int, flags=("--max-steps",), hidden_default=True,
+               help=f"full-fidelity training steps, the top rung (default {DEFAULT_FIDELITY_TEXT}; "
+                    "--steps is the same option)"),
         Option("epochs", type=float, help="full fidelity in epochs of the training split instead of "
-                                           "--max-steps: the training the found adapter gets"),
+                                           "--max-steps (no step cap): the training the found adapter gets"),
         Option("min_steps", type=int, help="steps of the first rung (default max-steps / eta; "
                                            "= max-steps: no early stopping)"),
         Option("eta", 3.0, type=float, help="rung growth factor; the top 1/eta of a rung continue (default 3)"),
@@ -95,6 +103,7 @@ def settings_from_options(values: dict[str, Any]):
     if (values["storage"] or "").startswith(("postgresql", "postgres:")):
         require("postgres")
     workers, threads = resolve_workers(values["workers"])
+    epochs, cap = full_fidelity(values["steps"], values["epochs"])
     settings = SearchSettings(
         data=data_options(values),
         budget=values["budget"], memory=values["memory"], objectives=parse_objectives(values["objectives"]),
@@ -102,22 +111,33 @@ def settings_from_options(values: dict[str, Any]):
         time_budget_s=parse_duration(values["time_budget"]) if values["time_budget"] else None,
         out=values["out"] or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}",
         seed=values["seed"], sampler=values["sampler"], max_failures=values["max_failures"],
-        train=TrainConfig(steps=values["steps"], batch_size=values["batch_size"], lr=values["lr"],
-                          precision=values["precision"]),
+        # with epochs, train.steps is a placeholder until the data is loaded (build_context resolves it)
+        train=TrainConfig(steps=values["steps"] or DEFAULT_EPOCH_STEPS_CAP, batch_size=values["batch_size"],
+                          lr=values["lr"], precision=values["precision"]),
         min_steps=values["min_steps"], eta=values["eta"], seeds=values["seeds"], pick=values["pick"],
         workers=workers, threads=threads, storage=values["storage"], study_name=values["study_name"],
         backend=values["backend"], ray_address=values["ray_address"],
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
         baselines=parse_baselines(values["baselines"]),
-        epochs=values["epochs"],
+        epochs=epochs, epoch_steps_cap=cap,
     )
-    if values["epochs"] is not None and not values["epochs"] > 0:
-        raise UserError(f"--epochs must be > 0, got {values['epochs']}")
-    if values["epochs"] is None:
+    if epochs is None:
         settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded
     if values["memory"]:
         parse_memory(values["memory"])
     return settings
+
+
+def full_fidelity(steps: int | None, epochs: float | None) -> tuple[float | None, int | None]:
+    """(epochs, step cap) of the top rung: --max-steps N -> (None, None); --epochs E -> (E, None);
+    neither -> the default, DEFAULT_EPOCHS capped at DEFAULT_EPOCH_STEPS_CAP steps."""
+    if steps is not None and epochs is not None:
+        raise UserError(f"give --max-steps ({steps}) or --epochs ({epochs:g}), not both")
+    if epochs is not None and not epochs > 0:
+        raise UserError(f"--epochs must be > 0, got {epochs}")
+    if steps is None and epochs is None:
+        return DEFAULT_EPOCHS, DEFAULT_EPOCH_STEPS_CAP
+    return epochs, None
 
 
 def parse_baselines(text: str) -> tuple[BaselineName, ...]:

@@ -24,6 +24,10 @@ BackendName = Literal["optuna", "ray"]
 #: the standard recipes trained as a study's first trials (:mod:`autopeft.searching.baselines`)
 BaselineName = Literal["lora-r8-qv", "pfeiffer", "parallel-adapter"]
 DEFAULT_BUDGET = "0.5%"
+# The default full fidelity (the top rung = the training the found adapter gets), chosen from
+# studies/search-quality/fidelity.py on the tuning datasets: see that study's README.
+DEFAULT_EPOCHS = 3.0
+DEFAULT_EPOCH_STEPS_CAP = 800
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class SearchSettings:
     ray_gpus_per_trial: float = 0.0
     baselines: tuple[BaselineName, ...] = get_args(BaselineName)
     epochs: float | None = None  # full fidelity in epochs; resolved to train.steps once the data is loaded
+    epoch_steps_cap: int | None = None  # with epochs: at most this many steps (the default fidelity's cap)
 
     @property
     def max_steps(self) -> int:

@@ -6,6 +6,7 @@ speed switches (``prefix_cache``, ``unpad``, ``head_rows``, ``compile``) change 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,3 +48,8 @@ class TrainConfig:
         import torch  # here, not at the top: a config is built by commands that must start without torch
 
         return {"off": None, "bf16": torch.bfloat16, "fp32": torch.float32}[self.prefix_cache]
+
+
+def steps_for_epochs(epochs: float, train_examples: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``train_examples`` at ``batch_size`` (rounded up)."""
+    return max(1, math.ceil(epochs * train_examples / batch_size))

@@ -33,10 +33,11 @@ DATA_OPTIONS = OptionTable.of(OptionGroup(None, (
 )))
 
 
-def train_options(steps: int) -> OptionTable:
-    """Training options, with ``steps`` as the default length (search: the top rung; train: 300)."""
+def train_options(steps: int | None, steps_help: str | None = None) -> OptionTable:
+    """Training options, with ``steps`` as the default length (search: None, resolved from the data to the
+    top rung; train: 300). ``steps_help``: the default as the help text states it."""
     return OptionTable.of(OptionGroup(None, (
-        Option("steps", steps, type=int, help=f"training steps per trial (default {steps})"),
+        Option("steps", steps, type=int, help=f"training steps per trial (default {steps_help or steps})"),
         Option("batch_size", 16, type=int),
         Option("lr", 1e-3, type=float, help="learning rate when the space does not search it"),
         Option("precision", "bf16", choices=PRECISIONS,

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 INHERITED_DATA = ("model", "dataset", "task", "text_column", "text_pair_column", "label_column", "max_length",
                   "split_seed", "quantize")
-INHERITED_TRAIN = ("lr", "batch_size", "precision")
+INHERITED_TRAIN = ("lr", "batch_size", "precision", "steps")  # a study's steps: its full fidelity
 
 
 def _cli_defaults() -> dict:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from autopeft.peft.artifacts import save_adapter
     from autopeft.searching.run import adapter_config
     from autopeft.study.plan_source import resolve_plan_source
-    from autopeft.training.config import TrainConfig
+    from autopeft.training.config import TrainConfig, steps_for_epochs
     from autopeft.training.pipeline import prepare
     from autopeft.training.trial_run import train_plan
 
@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     params = plan.num_params(arch)
     steps = args.steps
     if args.epochs is not None:
-        per_epoch = max(1, len(prepared.session.splits["train"].input_ids) // args.batch_size)
-        steps = max(1, int(round(args.epochs * per_epoch)))
+        steps = steps_for_epochs(args.epochs, len(prepared.session.splits["train"].input_ids), args.batch_size)
     config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
                          seed=args.seed)
     start = time.perf_counter()
