@@ -43,7 +43,8 @@ def test_front_pareto_csv_and_plotted_values_agree_after_the_final_stage(tmp_pat
     plotted = {t.number: (-t.metric_mean, t.params) for t in view.completed}  # what the plots draw
     front = {t.number for t in view.front}
     assert front == set(pareto_front(plotted))
-    assert all(t.metric_std is not None for t in view.front)  # every front plan was retrained
+    ranked = sorted(view.front, key=lambda t: (-t.metric_mean, t.params, t.number))
+    assert all(t.metric_std is not None for t in ranked[:3])  # the 3 best (the finalists) were retrained
     summary = json.loads((out / "summary.json").read_text())
     assert {e["trial"] for e in summary["front"]} == front
     assert set(int(n) for n in (out / "pareto.csv").read_text().splitlines()[1:] and

@@ -58,5 +58,5 @@ def test_ray_backend_runs_trials_on_both_nodes_and_writes_the_study_directory(cl
     assert summary["backend"] == "ray"
     assert set(pd.read_csv(out / "pareto.csv").number) == {e["trial"] for e in summary["front"]}
     for entry in summary["front"]:
-        assert len(entry["retrain"]["values"]) == 2
+        assert entry["retrain"] is None or len(entry["retrain"]["values"]) == 2  # finalists: 2 seeds
         assert (out / "front" / f"{entry['trial']:04d}" / "metrics.json").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -30,11 +31,15 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     objectives = Objectives(("metric", "params"), greater_is_better=True)
     study = _study_with_complete_trials([10.0, 30.0, 20.0])
     assert full_fidelity_seconds(study) == 20.0
-    # 3 front plans x (3 - 1) seeds + 3 baseline seeds = 9 retrainings of 20 s, over 2 workers
-    assert final_stage_seconds(study, objectives, seeds=3, workers=2) == pytest.approx(90.0)
+    # seeds 2..3 of the 3 finalists and of the best baseline: 8 retrainings of 20 s over 2 workers = 4
+    # rounds, then the baseline on the pick's own seed in this process: 5 x 20 s
     settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
-    assert not out_of_time(study, objectives, settings, started=0.0, now=89.0)  # 89 + 20 + 90 <= 200
-    assert out_of_time(study, objectives, settings, started=0.0, now=91.0)
+    assert final_stage_seconds(study, objectives, settings) == pytest.approx(100.0)
+    assert final_stage_seconds(study, objectives, replace(settings, finalists=1)) == pytest.approx(60.0)
+    assert final_stage_seconds(study, objectives, replace(settings, finalists=1, pick="knee")) == pytest.approx(100.0)
+    assert final_stage_seconds(study, objectives, replace(settings, baselines=())) == pytest.approx(60.0)
+    assert not out_of_time(study, objectives, settings, started=0.0, now=79.0)  # 79 + 20 + 100 <= 200
+    assert out_of_time(study, objectives, settings, started=0.0, now=81.0)
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
 
 

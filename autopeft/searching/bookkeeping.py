@@ -9,6 +9,7 @@ place the backends (:mod:`~autopeft.searching.backends.optuna_worker`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,11 +106,15 @@ def full_fidelity_seconds(study: optuna.Study) -> float:
     return durations[len(durations) // 2] if durations else 0.0
 
 
-def final_stage_seconds(study: optuna.Study, objectives: Objectives, seeds: int, workers: int) -> float:
-    """Estimated wall time of the final stage if the search stopped now: K - 1 retrainings of each front
-    plan and K of the best baseline, split over the local workers, at the median full-fidelity duration."""
-    retrainings = max(1, len(top_rung_front(study, objectives))) * (seeds - 1) + seeds
-    return full_fidelity_seconds(study) * retrainings / max(1, workers)
+def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: Any) -> float:
+    """Estimated wall time of the final stage if the search stopped now, at the median full-fidelity
+    duration: seeds 2..K of each finalist and of the best baseline, split over the local workers, then
+    the best baseline on the pick's own seed (one training, this process alone)."""
+    front = max(1, len(top_rung_front(study, objectives)))
+    finalists = front if settings.pick == "knee" else min(front, settings.finalists)
+    shared = (finalists + (1 if settings.baselines else 0)) * (settings.seeds - 1)
+    rounds = math.ceil(shared / max(1, settings.workers)) + (1 if settings.baselines and settings.seeds > 1 else 0)
+    return full_fidelity_seconds(study) * rounds
 
 
 def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, started: float, now: float) -> bool:
@@ -117,5 +122,5 @@ def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, star
     starts only if it (at the median full-fidelity duration) and the final stage still fit in the budget."""
     if settings.time_budget_s is None:
         return False
-    needed = full_fidelity_seconds(study) + final_stage_seconds(study, objectives, settings.seeds, settings.workers)
+    needed = full_fidelity_seconds(study) + final_stage_seconds(study, objectives, settings)
     return now - started + needed > settings.time_budget_s

@@ -1,28 +1,34 @@
-"""Final stage: retrain the top-rung Pareto front with several seeds, pick a plan, write front/ and best/.
+"""Final stage: retrain the best plans of the top-rung Pareto front with several seeds, pick one, write
+front/ and best/.
 
 1. The front: non-dominated plans (on the chosen objectives) among the trials trained to full
-   fidelity (the top rung). After the retrainings of step 2 it is recomputed with every retrained plan
-   scored by its seed mean (and every other trial by its own run): a plan whose seeds average lower may
-   leave it, and a trial it dominated only on one lucky run may join it (and is retrained in turn),
-   until the front holds only retrained plans. That front is the one ``pareto.csv``, ``summary.json``,
-   ``autopeft pareto``, the plots and the report show: each point where it is drawn (seed mean if
-   retrained, own run otherwise) and the front line agree.
-2. Each front plan is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
+   fidelity (the top rung). The **finalists** are its ``--finalists M`` best plans by metric (the
+   whole front for ``--pick knee``, which needs every point's mean). After the retrainings of step 2
+   the front is recomputed with every retrained plan scored by its seed mean (and every other trial
+   by its own run): a finalist whose seeds average lower may drop out, and a plan it had pushed out
+   may become a finalist (and is retrained in turn), until the M best plans of the front are all
+   retrained. That front is the one ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots
+   and the report show: each point where it is drawn (seed mean if retrained, own run otherwise) and
+   the front line agree.
+2. Each finalist is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
    (a resumed or promoted run is bitwise the uninterrupted one, so it is not trained again); seeds
-   2..K are ``--seed + n + 1000003 * k``. Its score is the mean ± sample standard deviation
+   2..K are ``--seed + 1000003 * k``, **the same for every plan** (common random numbers: the
+   finalists and the best baseline pair up on them). Its score is the mean ± sample standard deviation
    (ddof = 1; 0 when K = 1) of the K validation metrics, stored in the study user attribute
    ``retrain:<n>``. Each retraining's adapter goes to ``trials/<n>/seed-<s>/`` (metrics.json last),
    so an interrupted final stage resumes where it stopped; local ``--workers`` processes split the
-   retrainings round-robin (:func:`run_share`) before the coordinator collects them.
+   retrainings of the finalists and of the best baseline (seeds 2..K) round-robin (:func:`run_share`)
+   before the coordinator collects them.
 3. The pick: ``max-metric`` = the best mean validation metric (ties: fewer parameters);
    ``knee`` = the front point farthest above the line joining the front's two extremes (fewest
    parameters, best mean metric), with parameters and metric scaled to [0, 1] over the front.
-4. ``front/<n>/`` holds each front plan's adapter of the seed with the median metric (upper median
-   for even K); ``best/`` the pick's, with its validation and test metrics, plus the test metric of
-   every seed (mean ± std). Test metrics are computed for the pick only, after it is chosen.
+4. ``front/<n>/`` holds each front plan's adapter (a finalist's: the seed with the median metric, upper
+   median for even K); ``best/`` the pick's, with its validation and test metrics, plus the test metric
+   of every seed (mean ± std). Test metrics are computed for the pick only, after it is chosen.
 5. Against the baselines (:mod:`autopeft.searching.comparison`): the best baseline is retrained with
-   the pick's seeds and the paired uplift is reported; if it is not beyond noise on validation, the
-   baseline becomes the pick (``best/``), and ``summary.json`` says so (``baseline_comparison``).
+   the pick's seeds (only the pick's own seed is left by then) and the paired uplift is reported; if it
+   is not beyond noise on validation, the baseline becomes the pick (``best/``), and ``summary.json``
+   says so (``baseline_comparison``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.bookkeeping import top_rung_front
-from autopeft.searching.comparison import compare, standard_errors, test_metrics
+from autopeft.searching.comparison import best_baseline, compare, standard_errors, test_metrics
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.progress import Reporter
@@ -53,8 +59,22 @@ from autopeft.training.trial_run import train_plan
 SEED_STRIDE = 1_000_003
 
 
-def retrain_seeds(own_seed: int, base_seed: int, number: int, k: int) -> list[int]:
-    return [own_seed] + [base_seed + number + SEED_STRIDE * i for i in range(1, k)]
+def retrain_seeds(own_seed: int, base_seed: int, k: int) -> list[int]:
+    """A plan's K seeds: its own run's, then seeds shared by every plan of the study."""
+    return [own_seed] + [base_seed + SEED_STRIDE * i for i in range(1, k)]
+
+
+def finalists(ctx: SearchContext, study: optuna.Study, means: dict[int, float]) -> list[int]:
+    """The front plans retrained with K seeds: the ``--finalists`` best by score (seed mean where ``means``
+    has one, else the own run), or the whole front for the knee pick."""
+    front = top_rung_front(study, ctx.objectives, means)
+    if ctx.settings.pick == "knee":
+        return front
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    sign = 1.0 if ctx.objectives.greater_is_better else -1.0
+    ranked = sorted(front, key=lambda n: (-sign * means.get(n, trials[n].values[0]),
+                                          trials[n].user_attrs["params"], n))
+    return ranked[:ctx.settings.finalists]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -104,10 +124,15 @@ def ensure_trial_adapter(ctx: SearchContext, trial: FrozenTrial, reporter: Repor
 
 
 def jobs(ctx: SearchContext, study: optuna.Study) -> list[tuple[FrozenTrial, int]]:
-    """Every (front trial, extra seed) retraining, in a fixed order (every process computes the same list)."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return [(trials[n], seed) for n in top_rung_front(study, ctx.objectives)
-            for seed in retrain_seeds(trials[n].user_attrs["seed"], ctx.settings.seed, n, ctx.settings.seeds)[1:]]
+    """Every (finalist or best baseline, seed 2..K) retraining, in a fixed order (every process computes the
+    same list). The best baseline's are known before the pick: its seeds 2..K are the pick's too."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = finalists(ctx, study, {})
+    baseline = best_baseline(study, ctx.objectives.greater_is_better) if ctx.settings.baselines else None
+    if baseline is not None and baseline.number not in numbers:
+        numbers.append(baseline.number)
+    return [(trials[n], seed) for n in numbers
+            for seed in retrain_seeds(trials[n].user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)[1:]]
 
 
 def run_share(ctx: SearchContext, study: optuna.Study, index: int, count: int, reporter: Reporter) -> None:
@@ -120,12 +145,19 @@ def run_share(ctx: SearchContext, study: optuna.Study, index: int, count: int, r
 def retrain(ctx: SearchContext, study: optuna.Study, trial: FrozenTrial, reporter: Reporter) -> dict[str, Any]:
     """All seeds of one front plan (training the missing ones); returns ``{"seeds", "values", "mean", "std"}``."""
     ensure_trial_adapter(ctx, trial, reporter)
-    seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, trial.number, ctx.settings.seeds)
+    seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)
     values = [float(trial.values[0])] + [run_job(ctx, trial, seed, reporter) for seed in seeds[1:]]
     mean, std = mean_std(values)
     record = {"seeds": seeds, "values": values, "mean": mean, "std": std, "steps": ctx.settings.max_steps}
     study.set_user_attr(retrain_key(trial.number), record)
     return record
+
+
+def _own_run(trial: FrozenTrial) -> dict[str, Any]:
+    """A front plan that is not a finalist: its own run only (not stored as a retraining)."""
+    value = float(trial.values[0])
+    return {"seeds": [trial.user_attrs["seed"]], "values": [value], "mean": value, "std": None,
+            "steps": trial.user_attrs.get("steps")}
 
 
 def median_seed(record: dict[str, Any]) -> int:
@@ -174,18 +206,24 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
     if not numbers:
         raise UserError("no trial was trained to full fidelity; see trials.csv for the reasons")
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    reporter.info(f"final stage: retraining the {len(numbers)} front plans with {ctx.settings.seeds} seeds each")
+    chosen_numbers = finalists(ctx, study, {})
+    reporter.info(f"final stage: retraining {len(chosen_numbers)} of the {len(numbers)} front plans "
+                  f"(the finalists) with {ctx.settings.seeds} seeds each")
     records: dict[int, dict[str, Any]] = {}
-    while True:  # until the front on seed means holds only retrained plans (see the module docstring)
-        for n in numbers:
+    while True:  # until the finalists on seed means are all retrained (see the module docstring)
+        for n in chosen_numbers:
             if n not in records:
                 records[n] = retrain(ctx, study, trials[n], reporter)
-        numbers = top_rung_front(study, objectives, {n: r["mean"] for n, r in records.items()})
-        if set(numbers) <= set(records):
+        means = {n: r["mean"] for n, r in records.items()}
+        chosen_numbers = finalists(ctx, study, means)
+        if set(chosen_numbers) <= set(records):
             break
-        reporter.info(f"final stage: on seed means, trials {sorted(set(numbers) - set(records))} join the front")
-    front = [{"trial": n, "params": trials[n].user_attrs["params"], "mean": records[n]["mean"],
-              "std": records[n]["std"], "record": records[n]} for n in numbers]
+        reporter.info(f"final stage: on seed means, trials {sorted(set(chosen_numbers) - set(records))} "
+                      "join the finalists")
+    numbers = top_rung_front(study, objectives, means)
+    front = [{"trial": n, "params": trials[n].user_attrs["params"], "record": records.get(n) or _own_run(trials[n]),
+              "mean": means.get(n, trials[n].values[0]), "std": records[n]["std"] if n in records else None}
+             for n in numbers]
     chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
     best_tests = test_metrics(ctx, [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]])
@@ -204,14 +242,14 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
         seed = median_seed(record)
         validation = _validation_of(ctx, t, seed)
         _copy_adapter(_adapter_dir(ctx, t, seed), ctx.files.front_dir(t.number),
-                      {**_common_metrics(ctx, t, seed), "validation": validation, "retrain": record})
+                      {**_common_metrics(ctx, t, seed), "validation": validation, "retrain": records.get(t.number)})
     best = _write_best(ctx, best_trial, best_record, dict(zip(best_record["seeds"], best_tests, strict=True)),
                        reporter)
     rows = ctx.files.write_tables(study, ctx.base_params, numbers)
     reporter.front(rows, metric)
     return {"best": best, "baseline_comparison": comparison, "front": [{"trial": e["trial"], "metric": trials[e["trial"]].values[0],
                                      "params": e["params"], "memory_bytes": trials[e["trial"]].user_attrs.get(
-                                         "memory_bytes"), "retrain": e["record"],
+                                         "memory_bytes"), "retrain": records.get(e["trial"]),
                                      "plan": trials[e["trial"]].user_attrs["plan"]} for e in front]}
 
 

@@ -60,7 +60,10 @@ SEARCH_OPTIONS = OptionTable.of(
         Option("baselines", ",".join(get_args(BaselineName)),
                help="standard recipes trained as the first trials, and compared with the pick at the end: "
                     f"comma-separated from {', '.join(get_args(BaselineName))}, or none (default: all)"),
-        Option("seeds", 3, type=int, help="retrain each front plan with this many seeds (default 3)"),
+        Option("seeds", 3, type=int, help="retrain each finalist with this many seeds (default 3)"),
+        Option("finalists", 3, type=int,
+               help="front plans retrained with --seeds seeds: the best by metric (default 3; --pick knee "
+                    "retrains the whole front)"),
         Option("pick", "max-metric", choices=get_args(PickName),
                help="best/ = best mean metric (default) or the front's knee"),
     )),
@@ -94,6 +97,8 @@ def settings_from_options(values: dict[str, Any]):
         raise UserError(f"--trials must be >= 1, got {values['trials']}")
     if values["seeds"] < 1:
         raise UserError(f"--seeds must be >= 1, got {values['seeds']}")
+    if values["finalists"] < 1:
+        raise UserError(f"--finalists must be >= 1, got {values['finalists']}")
     if not values["study_name"].strip():
         raise UserError("--study-name must not be empty")
     if values["ray_cpus_per_trial"] <= 0 or values["ray_gpus_per_trial"] < 0:
@@ -114,7 +119,8 @@ def settings_from_options(values: dict[str, Any]):
         # with epochs, train.steps is a placeholder until the data is loaded (build_context resolves it)
         train=TrainConfig(steps=values["steps"] or DEFAULT_EPOCH_STEPS_CAP, batch_size=values["batch_size"],
                           lr=values["lr"], precision=values["precision"]),
-        min_steps=values["min_steps"], eta=values["eta"], seeds=values["seeds"], pick=values["pick"],
+        min_steps=values["min_steps"], eta=values["eta"], seeds=values["seeds"],
+        finalists=values["finalists"], pick=values["pick"],
         workers=workers, threads=threads, storage=values["storage"], study_name=values["study_name"],
         backend=values["backend"], ray_address=values["ray_address"],
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],

@@ -116,7 +116,7 @@ def _summary(ctx: SearchContext, study, stage: dict[str, Any], elapsed: float) -
     for t in trials:
         status = t.user_attrs.get("status") or t.state.name.lower()
         statuses[status] = statuses.get(status, 0) + 1
-    retrained = sum(len(e["retrain"]["seeds"]) - 1 for e in stage["front"])
+    retrained = len(ctx.files.retrainings())  # the finalists' and the baselines' (an earlier run's too)
     return {
         **stage,
         "trials": {"complete": sum(t.state == TrialState.COMPLETE for t in trials),

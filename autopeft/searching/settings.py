@@ -48,6 +48,7 @@ class SearchSettings:
     min_steps: int | None = None  # None: max_steps / eta
     eta: float = 3.0
     seeds: int = 3
+    finalists: int = 3  # front plans retrained with `seeds` seeds: the best by metric (knee pick: all)
     pick: PickName = "max-metric"
     workers: int = 1  # local processes (Optuna backend)
     threads: int = 0  # torch threads per worker process; 0 = torch's default

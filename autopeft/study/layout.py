@@ -120,6 +120,10 @@ class StudyLayout:
     def worker_log(self, index: int) -> Path:
         return self.logs_dir / f"worker-{index}.log"
 
+    def retrainings(self) -> list[Path]:
+        """Every finished final-stage retraining (front finalists and baselines): its metrics.json."""
+        return sorted(self.trials_root.glob(f"*/{SEED_PREFIX}*/metrics.json"))
+
     # --- questions --------------------------------------------------------------------------------
     def is_study(self) -> bool:
         """Whether ``root`` holds a study: its SQLite storage or its settings (an external storage)."""

@@ -34,6 +34,7 @@ from autopeft.searching.final_stage import jobs, run_share
 from autopeft.searching.interrupt import graceful_interrupts
 from autopeft.searching.liveness import recover_stale
 from autopeft.searching.progress import Reporter
+from autopeft.searching.threads import apply_threads
 
 STARTED_ATTR = "started_at"
 INTERRUPT_GRACE_S = 60.0  # how long worker processes get to save their trials after a Ctrl-C
@@ -60,8 +61,6 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
     settings = ctx.settings
     study = prepare_study(ctx, reporter)
     if settings.threads:
-        from autopeft.searching.threads import apply_threads
-
         apply_threads(settings.threads)
     processes = [_spawn(ctx, i) for i in range(1, settings.workers)] if _work_left(ctx, study) else []
     if processes:
@@ -72,6 +71,10 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
             run_share(ctx, study, 0, settings.workers, reporter)
         for p in processes:
             p.wait()
+        if processes and settings.threads:
+            # what is left of the final stage (finalists joining on seed means, the best baseline on the
+            # pick's own seed) runs in this process alone: give it the cores the workers used
+            apply_threads(settings.threads * settings.workers)
     except KeyboardInterrupt:
         # the workers run in their own sessions (a terminal's Ctrl-C reaches only this process): pass it
         # on once, so they too stop after their current step and put their trials back in the queue
