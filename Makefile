@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/autopeft search --budget 0.5% --time-budget 10m --out runs/demo
+	$(BIN)/autopeft search --budget 0.5% --max-steps 300 --time-budget 10m --out runs/demo
 	$(BIN)/autopeft pareto runs/demo
 
 test: setup
