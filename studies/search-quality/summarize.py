@@ -105,9 +105,9 @@ def diff(record: dict) -> str:
 
 
 def markdown(datasets: list[dict], overall: dict) -> str:
-    lines = ["| dataset | steps | search (best/) | LoRA r8 q,v | parallel adapter | full FT | head only |"
+    lines = ["| dataset | steps | search (best/) | searched pick | LoRA r8 q,v | parallel adapter | full FT | head only |"
              " best baseline | search − best baseline | search − full FT |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in datasets:
         r = d["recipes"]
 
@@ -115,7 +115,10 @@ def markdown(datasets: list[dict], overall: dict) -> str:
             return f"{pct(rows[name]['test_mean_std'])} (lr {rows[name]['lr']:g})" if name in rows else "–"
 
         dif = d.get("differences", {})
-        lines.append(f"| {d['dataset']} | {d['steps']} | {pct(d['search']['test_mean_std'])} | {cell('lora r8 q,v')} | "
+        searched = d["search"]["in_search_comparison"].get("test", {}).get("pick")
+        kept = f" ({d['search']['baseline_kept']} kept)" if d["search"]["baseline_kept"] else ""
+        lines.append(f"| {d['dataset']} | {d['steps']} | {pct(d['search']['test_mean_std'])}{kept} | "
+                     f"{pct(mean_std(searched)) if searched else '–'} | {cell('lora r8 q,v')} | "
                      f"{cell('parallel adapter')} | {cell('full fine-tuning')} | {cell('head only')} | "
                      f"{d.get('best_baseline', '–')} | "
                      f"{diff(dif[d['best_baseline']]['test']) if 'best_baseline' in d else '–'} | "
@@ -130,6 +133,26 @@ def markdown(datasets: list[dict], overall: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fidelity_table(records: list[dict]) -> str:
+    """Validation accuracy of LoRA r8 q,v by training length (lr 1e-3) and by lr (one epoch), mean over seeds."""
+    cells: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    steps: dict[tuple[str, str], int] = {}
+    for r in records:
+        cells[(r["dataset"], r["length"], r["lr"])].append(r["validation"])
+        steps[(r["dataset"], r["length"])] = r["steps"]
+    lines = ["| dataset | seeds | 150 steps | 0.5 epoch | 1 epoch | 2 epochs | 3 epochs | 1 epoch, lr 5e-4 / 1e-3 / 2e-3 / 4e-3 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset in sorted({r["dataset"] for r in records}):
+        def cell(length: str, lr: float = 1e-3, ds: str = dataset) -> str:
+            values = cells.get((ds, length, lr))
+            return f"{100 * statistics.fmean(values):.1f}" if values else "–"
+        seeds = len(cells.get((dataset, "1", 1e-3), []))
+        lengths = [f"{cell(n)} ({steps.get((dataset, n), '?')} st.)" for n in ("150", "0.5", "1", "2", "3")]
+        lrs = " / ".join(cell("1", lr) for lr in (5e-4, 1e-3, 2e-3, 4e-3))
+        lines.append(f"| {dataset} | {seeds} | " + " | ".join(lengths) + f" | {lrs} |")
+    return "\n".join(lines) + "\n\nValidation accuracy (%) of LoRA r8 q,v, mean over seeds; lr 1e-3 unless stated.\n"
+
+
 def main() -> None:
     names = sorted(p.name for p in (HERE / "results").iterdir() if p.is_dir())
     datasets = [d for d in (dataset_summary(n) for n in names) if d is not None]
@@ -137,7 +160,8 @@ def main() -> None:
     fidelity = read_jsonl(HERE / "fidelity.jsonl")
     (HERE / "results.json").write_text(json.dumps({"datasets": datasets, "across_datasets": overall,
                                                    "fidelity": fidelity}, indent=1) + "\n")
-    (HERE / "results.md").write_text(markdown(datasets, overall))
+    (HERE / "results.md").write_text("## Comparison\n\n" + markdown(datasets, overall)
+                                     + "\n## Fidelity (tuning datasets)\n\n" + fidelity_table(fidelity))
     print((HERE / "results.md").read_text())
 
 
