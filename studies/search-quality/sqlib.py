@@ -15,7 +15,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,17 +39,14 @@ HEAD_ONLY = Plan(())
 
 
 def machine() -> dict:
-    cpu = "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        cpuinfo = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               "unknown")
     return {"platform": platform.platform(), "processor": cpu, "cores": os.cpu_count(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in cpuinfo, "amx": "amx_bf16" in cpuinfo,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(), "commit": git_commit()}
 
@@ -153,7 +150,3 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def with_lr(config: TrainConfig, lr: float) -> TrainConfig:
-    return replace(config, lr=lr)
