@@ -92,6 +92,7 @@ class Worker:
     def __post_init__(self) -> None:
         self.failures = 0
         self.infeasible_run = 0
+        self.stop_announced = False
 
     def run(self) -> None:
         settings = self.ctx.settings
@@ -103,7 +104,8 @@ class Worker:
                 no_time = out_of_time(self.study, self.ctx.objectives, settings, self.started, time.time())
                 out_of_steps = settings.step_budget is not None and steps_spent(self.study) >= settings.step_budget
                 if no_time or out_of_steps or counted(self.study) >= settings.trials:
-                    if no_time:
+                    if no_time and not self.stop_announced:  # once, not at every poll while others finish
+                        self.stop_announced = True
                         self.reporter.info("time budget reached (the final stage's share kept): no new trials "
                                            "are started")
                     if self.wait_for_others and self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
