@@ -161,7 +161,7 @@ def test_enqueued_trial_params_reproduce_a_sample_with_masks():
         assert again == sample and again.plan() == sample.plan()
 
 
-@pytest.mark.parametrize("name", ["hybrid", "sappa"])
+@pytest.mark.parametrize("name", ["compact", "hybrid", "sappa"])
 def test_the_smallest_plan_can_be_enqueued_as_a_warm_start(name):
     s = load_space(name)
     smallest = s.smallest(MINILM)
@@ -170,6 +170,24 @@ def test_the_smallest_plan_can_be_enqueued_as_a_warm_start(name):
     study.enqueue_trial(smallest.trial_params())
     again = s.sample_choices(study.ask(), MINILM)
     assert again.plan() == smallest.plan() and again.masks == smallest.masks
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_compact_ties_every_layer_and_holds_the_standard_recipes(family):
+    arch = arch_from_config(tiny_config(family))
+    s = load_space("compact")
+    layers = tuple(range(arch.num_layers))
+    for trial in trials(20, 3):
+        for entry in s.sample_choices(trial, arch).plan().entries:
+            assert entry.layers == layers and len(entry.sites) == 1  # one unit per site, all layers
+    assert stats.size(s, arch).points == 4 ** 6 * 7 ** 2
+    # LoRA r8 q,v (the in-search baseline) and LoRA r4 q,k,v,o (the ceiling study's best) are points of it
+    study = optuna.create_study()
+    study.enqueue_trial({"lora.q.method": "lora", "lora.q.lora.r": 8, "lora.v.method": "lora", "lora.v.lora.r": 8,
+                         **{f"lora.{site}.method": "none" for site in ("k", "o", "up", "down")},
+                         "adapter.o.method": "none", "adapter.down.method": "none", "training.lr": 1e-3})
+    plan = s.sample_choices(study.ask(), arch).plan()
+    assert [(e.method, e.sites, e.options["r"]) for e in plan.entries] == [("lora", ("q",), 8), ("lora", ("v",), 8)]
 
 
 def test_sappa_mask_is_shared_by_the_three_modules():

@@ -17,6 +17,7 @@ from autopeft.core.units import parse_duration, parse_memory
 from autopeft.searching.settings import (
     DEFAULT_EPOCH_STEPS_CAP,
     DEFAULT_EPOCHS,
+    DEFAULT_SPACE,
     STUDY_NAME,
     BackendName,
     BaselineName,
@@ -38,7 +39,7 @@ SEARCH_OPTIONS = OptionTable.of(
                help="what to optimise: metric plus any of params, memory (default metric,params)"),
     )),
     OptionGroup("search", (
-        Option("space", "hybrid", help="preset name or YAML file (default: hybrid)"),
+        Option("space", DEFAULT_SPACE, help=f"preset name or YAML file (default: {DEFAULT_SPACE})"),
         Option("trials", 12, type=int, help="plans to train, at any rung (default 12)"),
         Option("time_budget", help="stop starting new trials after this long, e.g. 20m"),
         Option("sampler", "tpe", choices=get_args(SamplerName)),

@@ -47,7 +47,7 @@ def prepare_study(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
     if resumed:
         reporter.info(f"resuming interrupted trials {resumed} from their checkpoints")
     if not study.trials:
-        # warm start: the space's cheapest plan (head only in `hybrid`) is trained first, so the front
+        # warm start: the space's cheapest plan (head only in `compact` and `hybrid`) is trained first, so the front
         # always reaches down to the cheapest configuration and shows what the adapters add over it
         study.enqueue_trial(ctx.space.smallest(ctx.arch).trial_params(),
                             user_attrs={"warm_start": "smallest plan", "status": TrialStatus.QUEUED})
