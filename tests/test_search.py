@@ -12,18 +12,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
-from tiny_assets import TINY_SPACE, tiny_csv, tiny_model_dir
 
 from autopeft.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    torch.set_num_threads(1)  # tiny shapes: one thread is fastest, and immune to a busy machine
-    (root / "space.yaml").write_text(TINY_SPACE)
-    return tiny_model_dir(root / "model"), tiny_csv(root / "data.csv", n=240), root / "space.yaml"
+def assets(tiny_search_assets):
+    return tiny_search_assets  # tests/conftest.py
 
 
 def _args(assets, out, *extra):

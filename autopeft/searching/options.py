@@ -23,6 +23,7 @@ from autopeft.searching.settings import (
     BaselineName,
     PickName,
     SamplerName,
+    StrategyName,
 )
 from autopeft.training.options import DATA_OPTIONS, data_options, train_options
 
@@ -43,6 +44,10 @@ SEARCH_OPTIONS = OptionTable.of(
         Option("trials", 12, type=int, help="plans to train, at any rung (default 12)"),
         Option("time_budget", help="stop starting new trials after this long, e.g. 20m"),
         Option("sampler", "tpe", choices=get_args(SamplerName)),
+        Option("strategy", "bayes", choices=get_args(StrategyName),
+               help="bayes: the sampler proposes every plan (default); oneshot: one supernet run, its readouts "
+                    "trained as the trials; oneshot+bayes: the readouts first, then the sampler"),
+        Option("readouts", 8, type=int, help="oneshot strategies: plans read out of the supernet (default 8)"),
         Option("seed", 0, type=int, help="sampler seed; trial n trains with seed + n"),
         Option("max_failures", 5, type=int, help="stop after this many failed trials"),
     )),
@@ -98,6 +103,8 @@ def settings_from_options(values: dict[str, Any]):
         raise UserError(f"--trials must be >= 1, got {values['trials']}")
     if values["seeds"] < 1:
         raise UserError(f"--seeds must be >= 1, got {values['seeds']}")
+    if values["readouts"] < 1:
+        raise UserError(f"--readouts must be >= 1, got {values['readouts']}")
     if values["finalists"] < 1:
         raise UserError(f"--finalists must be >= 1, got {values['finalists']}")
     if not values["study_name"].strip():
@@ -105,6 +112,8 @@ def settings_from_options(values: dict[str, Any]):
     if values["ray_cpus_per_trial"] <= 0 or values["ray_gpus_per_trial"] < 0:
         raise UserError("--ray-cpus-per-trial must be > 0 and --ray-gpus-per-trial >= 0")
     if values["backend"] == "ray":
+        if values["strategy"] != "bayes":
+            raise UserError(f"--strategy {values['strategy']} runs with the optuna backend; drop --backend ray")
         require("ray")
     if (values["storage"] or "").startswith(("postgresql", "postgres:")):
         require("postgres")
@@ -126,7 +135,7 @@ def settings_from_options(values: dict[str, Any]):
         backend=values["backend"], ray_address=values["ray_address"],
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
         baselines=parse_baselines(values["baselines"]),
-        epochs=epochs, epoch_steps_cap=cap,
+        epochs=epochs, epoch_steps_cap=cap, strategy=values["strategy"], readouts=values["readouts"],
     )
     if epochs is None:
         settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded

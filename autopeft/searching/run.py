@@ -32,6 +32,7 @@ from autopeft.peft.artifacts import write_json
 from autopeft.searching.bookkeeping import steps_spent, top_rung_front
 from autopeft.searching.context import SearchContext, adapter_config, build_context
 from autopeft.searching.interrupt import graceful_interrupts
+from autopeft.searching.oneshot_stage import ONESHOT_ATTR
 from autopeft.searching.progress import Reporter
 from autopeft.searching.settings import STUDY_NAME, SearchSettings
 from autopeft.study.files import StudyFiles, mask_url, open_storage
@@ -123,7 +124,10 @@ def _summary(ctx: SearchContext, study, stage: dict[str, Any], elapsed: float) -
                    "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                    "fail": sum(t.state == TrialState.FAIL for t in trials), "by_status": statuses},
         "compute": {"search_steps": steps_spent(study),
-                    "final_stage_steps": retrained * settings.max_steps},
+                    "final_stage_steps": retrained * settings.max_steps,
+                    "supernet_steps": (study.user_attrs.get(ONESHOT_ATTR) or {}).get("steps", 0)},
+        "strategy": settings.strategy,
+        "oneshot": study.user_attrs.get(ONESHOT_ATTR),
         "metric": ctx.prepared.session.primary_metric,
         "objectives": list(ctx.objectives.names),
         "rungs": list(ctx.rungs), "eta": settings.eta, "seeds": settings.seeds, "pick": settings.pick,

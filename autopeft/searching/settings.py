@@ -23,6 +23,9 @@ PickName = Literal["max-metric", "knee"]
 BackendName = Literal["optuna", "ray"]
 #: the standard recipes trained as a study's first trials (:mod:`autopeft.searching.baselines`)
 BaselineName = Literal["lora-r8-qv", "pfeiffer", "parallel-adapter"]
+#: how plans are proposed: the sampler over the space (bayes); only the readouts of one supernet run
+#: (oneshot); the readouts first, then the sampler (oneshot+bayes). See autopeft.oneshot.
+StrategyName = Literal["bayes", "oneshot", "oneshot+bayes"]
 DEFAULT_BUDGET = "0.5%"
 # The default full fidelity (the top rung = the training the found adapter gets), chosen from
 # studies/search-quality/fidelity.py on the tuning datasets: see that study's README.
@@ -64,6 +67,12 @@ class SearchSettings:
     baselines: tuple[BaselineName, ...] = get_args(BaselineName)
     epochs: float | None = None  # full fidelity in epochs; resolved to train.steps once the data is loaded
     epoch_steps_cap: int | None = None  # with epochs: at most this many steps (the default fidelity's cap)
+    strategy: StrategyName = "bayes"
+    readouts: int = 8  # oneshot strategies: plans read out of the supernet (budgets from the smallest to --budget)
+
+    @property
+    def uses_supernet(self) -> bool:
+        return self.strategy != "bayes"
 
     @property
     def max_steps(self) -> int:

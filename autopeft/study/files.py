@@ -37,7 +37,7 @@ from autopeft.peft.plan import Plan
 from autopeft.study.layout import StudyLayout, retrain_records
 
 COLUMNS = ["number", "state", "status", "baseline", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
-           "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan"]
+           "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan", "readout"]
 SETTINGS_ATTR = "settings"
 
 
@@ -158,6 +158,7 @@ def trial_row(t: FrozenTrial, base_params: int, retrain: dict[str, Any] | None) 
         "seed": attrs.get("seed"),
         "reason": attrs.get("reason", ""),
         "summary": Plan.from_dict(plan).describe() if plan else "",
+        "readout": attrs.get("oneshot_readout", ""),  # the one-shot readout's index (searching/oneshot_stage.py)
         "plan": json.dumps(plan, sort_keys=True) if plan else "",
     }
 

@@ -99,6 +99,7 @@ class StudyLayout:
     logs_dir = _Entry("logs")
     ray_dir = _Entry("ray")
     baselines_dir = _Entry("baselines")
+    oneshot_dir = _Entry("oneshot")  # the supernet's checkpoint and its readouts (--strategy oneshot)
 
     @property
     def storage_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from autopeft import kernels
 
@@ -12,6 +13,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "si
 
 
 class BottleneckAdapter(nn.Module):
+    # One-shot supernet (autopeft.oneshot.supernet): when set, a (size,) tensor in [0, 1] scaling each
+    # bottleneck unit after the activation; its first value (the method's first slice) also scales the
+    # output bias, so a closed gate removes the whole adapter. None (outside a supernet): the plain adapter.
+    inner_gate: torch.Tensor | None = None
+
     def __init__(self, width: int, size: int, activation: str, scaling: float, gated: bool = False) -> None:
         super().__init__()
         self.down = nn.Linear(width, size)
@@ -31,9 +37,14 @@ class BottleneckAdapter(nn.Module):
     def update(self, h: torch.Tensor) -> torch.Tensor:
         """s * up(act(down(h))), fp32: (..., d) -> (..., m) -> (..., d)."""
         h = h.to(self.down.weight.dtype)
+        if self.inner_gate is not None:
+            hidden = self.act(self.down(h)) * self.inner_gate
+            return (F.linear(hidden, self.up.weight) + self.inner_gate[0] * self.up.bias) * self.scaling
         return self.up(self.act(self.down(h))) * self.scaling
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.inner_gate is not None and self.gate is None:
+            return y + self.update(y).to(y.dtype)
         if self.gate is None:  # y + update in one kernel on CUDA, else the reference (the same expression)
             return kernels.bottleneck_adapter(y, self.down.weight, self.down.bias, self.up.weight, self.up.bias,
                                               self.act, self.scaling)

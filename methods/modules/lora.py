@@ -14,6 +14,10 @@ from autopeft import kernels
 
 
 class LoRADelta(nn.Module):
+    # One-shot supernet (autopeft.oneshot.supernet): when set, a (r,) tensor in [0, 1] scaling each rank
+    # dimension, s B diag(g) A x; None (always outside a supernet) is plain LoRA.
+    inner_gate: torch.Tensor | None = None
+
     def __init__(self, in_features: int, out_features: int, r: int, scaling: float, dropout: float = 0.0,
                  freeze_a: bool = False) -> None:
         super().__init__()
@@ -29,11 +33,15 @@ class LoRADelta(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # x: (..., d_in)  y: (..., d_out); Triton on CUDA, else the reference (the same expression as before)
+        if self.inner_gate is not None:
+            h = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T * self.inner_gate  # (..., r)
+            return y + (h @ self.lora_B.T * self.scaling).to(y.dtype)
         return kernels.lora_delta(x, y, self.lora_A, self.lora_B, self.scaling, self.dropout)
 
     def fused_linear(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         """base(x) + the update, one fused GEMM where possible (AdaptedLinear's fast path, alone on a site)."""
-        if type(self).forward is not LoRADelta.forward or self._forward_hooks or self._forward_pre_hooks:
+        if (type(self).forward is not LoRADelta.forward or self._forward_hooks or self._forward_pre_hooks
+                or self.inner_gate is not None):
             return self(x, base(x))  # a subclass changes the update (e.g. gated), or hooks expect a call
         return kernels.lora_linear(x, base, self.lora_A, self.lora_B, self.scaling, self.dropout)
 

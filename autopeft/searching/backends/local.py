@@ -33,6 +33,7 @@ from autopeft.searching.context import SearchContext, open_study, record_setting
 from autopeft.searching.final_stage import jobs, run_share
 from autopeft.searching.interrupt import graceful_interrupts
 from autopeft.searching.liveness import recover_stale
+from autopeft.searching.oneshot_stage import run_oneshot_stage
 from autopeft.searching.progress import Reporter
 from autopeft.searching.threads import apply_threads
 
@@ -60,6 +61,7 @@ def run_local(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
     """Run the search phase with ``settings.workers`` processes; returns the study once it is done."""
     settings = ctx.settings
     study = prepare_study(ctx, reporter)
+    run_oneshot_stage(ctx, study, reporter)  # --strategy oneshot*: the supernet's readouts, before any worker
     if settings.threads:
         apply_threads(settings.threads)
     processes = [_spawn(ctx, i) for i in range(1, settings.workers)] if _work_left(ctx, study) else []

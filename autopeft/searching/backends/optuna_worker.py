@@ -103,7 +103,10 @@ class Worker:
             if trial is None:
                 no_time = out_of_time(self.study, self.ctx.objectives, settings, self.started, time.time())
                 out_of_steps = settings.step_budget is not None and steps_spent(self.study) >= settings.step_budget
-                if no_time or out_of_steps or counted(self.study) >= settings.trials:
+                # --strategy oneshot: the enqueued plans (warm start, baselines, readouts, repairs) only
+                queue_done = settings.strategy == "oneshot" and not self.study.get_trials(
+                    deepcopy=False, states=(TrialState.WAITING,))
+                if no_time or out_of_steps or queue_done or counted(self.study) >= settings.trials:
                     if no_time and not self.stop_announced:  # once, not at every poll while others finish
                         self.stop_announced = True
                         self.reporter.info("time budget reached (the final stage's share kept): no new trials "

@@ -1,0 +1,95 @@
+"""Train a supernet once and read out one plan per budget along the front.
+
+:func:`train_supernet` trains the space's supernet (:mod:`autopeft.oneshot.supernet`) for ``config.steps``
+with the ordinary trial loop (same batches, schedule, checkpoints); :func:`readouts` then cuts its single
+ranking at ``k`` budgets spaced geometrically from the cheapest slice to ``budget`` and returns the
+distinct plans (each a point of the space, as a :class:`~autopeft.space.model.Sample` whose
+``trial_params()`` enqueue it as an ordinary trial, to be verified by real training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autopeft.oneshot.candidates import Slice, sample_of
+from autopeft.oneshot.gates import SliceSpec, readout
+from autopeft.oneshot.supernet import Supernet, build_supernet
+from autopeft.space.model import Sample
+from autopeft.space.search_space import SearchSpace
+from autopeft.training.config import TrainConfig
+from autopeft.training.session import Session
+from autopeft.training.trial_run import Checkpoint, TrialRun
+
+DEFAULT_READOUTS = 8
+CHECKPOINT_EVERY = 50  # steps between supernet checkpoints (a killed run resumes from the last one)
+
+
+@dataclass(frozen=True)
+class Readout:
+    budget: float
+    sample: Sample
+    params: int
+    slices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SupernetResult:
+    slices: list[Slice]
+    scores: list[float]  # effective score per slice: the ranking every readout cuts
+    train_loss: float
+    seconds: float
+
+
+def readout_budgets(slices: list[Slice], budget: float, k: int) -> list[float]:
+    """``k`` budgets from the cheapest slice to ``budget``, geometrically spaced (the front is dense at
+    small budgets, where every added parameter matters most)."""
+    cheapest = min(s.cost for s in slices if s.parent is None)
+    if k <= 1 or budget <= cheapest:
+        return [budget]
+    ratio = (budget / cheapest) ** (1 / (k - 1))
+    return [cheapest * ratio ** i for i in range(k - 1)] + [budget]
+
+
+def readouts(space: SearchSpace, session: Session, result: SupernetResult, budget: float,
+             k: int = DEFAULT_READOUTS) -> list[Readout]:
+    specs = [SliceSpec(s.cost, s.parent, s.unit) for s in result.slices]
+    out: list[Readout] = []
+    seen: set[tuple[int, ...]] = set()
+    for cut in readout_budgets(result.slices, budget, k):
+        kept = tuple(readout(specs, result.scores, cut))
+        if not kept or kept in seen:
+            continue
+        seen.add(kept)
+        sample = sample_of(space, session.arch, result.slices, list(kept))
+        out.append(Readout(cut, sample, sample.plan().num_params(session.arch), kept))
+    return out
+
+
+def train_supernet(session: Session, space: SearchSpace, budget: float, config: TrainConfig,
+                   checkpoint_path: Path | None = None,
+                   progress: Callable[[int, float], None] | None = None) -> SupernetResult:
+    """One training run of the supernet; resumes from ``checkpoint_path`` when it holds a checkpoint."""
+    torch.manual_seed(config.seed)  # as start_run: the seed, the head, then the injected modules' init
+    session.reset_head(config.seed)
+    supernet: Supernet = build_supernet(session.model, session.arch, space, budget,
+                                        train_head=session.task == "classification")
+    with TrialRun(session, supernet, config) as run:
+        if checkpoint_path is not None and checkpoint_path.is_file():
+            run.restore(Checkpoint.load(checkpoint_path))
+        while run.step < config.steps:
+            run.advance(min(config.steps, run.step + CHECKPOINT_EVERY), progress)
+            if checkpoint_path is not None:
+                _save_atomically(run.checkpoint(), checkpoint_path)
+        scores = supernet.gates.effective_scores()
+        return SupernetResult(supernet.slices, scores, run.train_loss, run.train_seconds)
+
+
+def _save_atomically(checkpoint: Checkpoint, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    checkpoint.save(partial)
+    partial.replace(path)

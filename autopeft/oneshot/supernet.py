@@ -1,0 +1,142 @@
+"""The supernet: every candidate of a space injected at once, each slice behind its budget gate.
+
+:func:`build_supernet` injects one plan holding each unit's every method at its largest size (so a site
+may carry LoRA and an adapter, or a serial and a parallel adapter, side by side) and hands it to a
+:class:`Supernet`, which trains through the ordinary :class:`~autopeft.training.trial_run.TrialRun` (it has
+the handle's interface): before every forward of the model, the gates' openings ``p`` (expected cost =
+budget, :mod:`autopeft.oneshot.gates`) are spread over the inner dimensions of the modules (``inner_gate``
+of LoRA and bottleneck modules: rank dimension ``d`` of a method gets the opening of the slice holding
+``d``), and after every optimizer step the temperature follows its schedule. ``remove()`` takes the
+supernet out; the base model is bitwise what it was (the injection handle's guarantee).
+
+The scores learn with the adapters' optimizer as ``raw = score / SCORE_SCALE``, so that Adam's
+per-step move of about ``lr`` in ``raw`` is ``SCORE_SCALE * lr`` in the score: structure decisions
+move ~50x faster than weights, as DARTS-style searches give their architecture parameters their own,
+larger learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from autopeft.core.arch import ModelArch
+from autopeft.core.errors import UserError
+from autopeft.oneshot.candidates import Slice, candidates
+from autopeft.oneshot.gates import BudgetGates, SliceSpec
+from autopeft.peft.inject import InjectionHandle, inject
+from autopeft.peft.plan import Plan, PlanEntry
+from autopeft.space.search_space import SearchSpace
+
+GATED_METHODS = ("lora", "adapter", "parallel_adapter")  # modules with an ``inner_gate``
+SCORE_SCALE = 50.0
+SCORES_KEY = "oneshot.scores"
+TAU_KEY = "oneshot.tau"  # saved with the scores: a run resumed at step k continues at its temperature
+TAU_START, TAU_END = 1.0, 0.05
+
+
+def supernet_plan(slices: list[Slice]) -> Plan:
+    """Each (unit, method) at its largest size."""
+    largest: dict[tuple[str, str], Slice] = {}
+    for s in slices:
+        largest[(s.unit, s.method)] = s  # slices come smallest first
+    return Plan(tuple(PlanEntry(s.method, s.layers, s.sites, dict(s.values)) for s in largest.values()))
+
+
+class Supernet:
+    def __init__(self, handle: InjectionHandle, slices: list[Slice], budget: float,
+                 tau: tuple[float, float] = (TAU_START, TAU_END)) -> None:
+        self.handle = handle
+        self.slices = slices
+        self.gates = BudgetGates([SliceSpec(s.cost, s.parent, s.unit) for s in slices], budget, SCORE_SCALE)
+        self.tau_start, self.tau_end = tau
+        self.tau = self.tau_start
+        # (module, slice indices, their widths): module.inner_gate = p[indices] repeated by width
+        self._targets: list[tuple[nn.Module, list[int], list[int]]] = []
+        by_method: dict[tuple[str, str], list[Slice]] = {}
+        for s in slices:
+            by_method.setdefault((s.unit, s.method), []).append(s)
+        for group in by_method.values():
+            first = group[0]
+            for layer in first.layers:
+                for site in first.sites:
+                    module = handle.modules[f"layers.{layer}.{site}.{first.method}"]
+                    self._targets.append((module, [s.index for s in group], [s.size - s.start for s in group]))
+        self._hook = handle.model.register_forward_pre_hook(self._open)
+
+    # --- gates --------------------------------------------------------------------------------
+    def openings(self) -> torch.Tensor:
+        return self.gates(self.tau)
+
+    def _open(self, _module: nn.Module, _args: Any) -> None:
+        p = self.openings()
+        for module, indices, widths in self._targets:
+            module.inner_gate = torch.repeat_interleave(p[indices], torch.tensor(widths, device=p.device))
+
+    # --- the handle's interface, for TrialRun ------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.handle.model
+
+    @property
+    def plan(self) -> Plan:
+        return self.handle.plan
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from self.handle.trainable_parameters()
+        yield SCORES_KEY, self.gates.raw
+
+    def regularization(self) -> torch.Tensor | None:
+        return self.handle.regularization()
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.handle.after_optimizer_step(step, total_steps)
+        # geometric annealing from tau_start to tau_end over the run
+        fraction = min(1.0, step / max(1, total_steps))
+        self.tau = math.exp(math.log(self.tau_start) + fraction * (math.log(self.tau_end) - math.log(self.tau_start)))
+
+    def state_dict(self, folded: bool = True) -> dict[str, torch.Tensor]:
+        return {**self.handle.state_dict(folded), SCORES_KEY: self.gates.raw.detach(),
+                TAU_KEY: torch.tensor(self.tau, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        state = dict(state)
+        tau = state.pop(TAU_KEY, None)
+        if tau is not None:
+            self.tau = float(tau)
+        scores = state.pop(SCORES_KEY, None)
+        if scores is not None:
+            with torch.no_grad():
+                self.gates.raw.copy_(scores)
+        self.handle.load_state_dict(state, source)
+
+    def num_adapter_params(self) -> int:
+        return self.handle.num_adapter_params()
+
+    def num_head_params(self) -> int:
+        return self.handle.num_head_params()
+
+    def remove(self) -> None:
+        self._hook.remove()
+        for module, _, _ in self._targets:
+            module.inner_gate = None
+        self.handle.remove()
+
+    # --- readout -----------------------------------------------------------------------------------
+    def readout(self, budget: float) -> list[int]:
+        return self.gates.readout(budget)
+
+
+def build_supernet(model: nn.Module, arch: ModelArch, space: SearchSpace, budget: float,
+                   train_head: bool = True) -> Supernet:
+    slices = candidates(space, arch)
+    unsupported = sorted({s.method for s in slices} - set(GATED_METHODS))
+    if unsupported:
+        raise UserError(f"--strategy oneshot: the supernet gates {', '.join(GATED_METHODS)} so far; space "
+                        f"'{space.name}' also offers {', '.join(unsupported)}: use a space without them")
+    handle = inject(model, supernet_plan(slices), arch, train_head=train_head)
+    return Supernet(handle, slices, budget)

@@ -1,0 +1,61 @@
+"""The one-shot stage of a search (``--strategy oneshot`` / ``oneshot+bayes``): train the space's supernet
+once, read out ``--readouts`` plans along the budget, enqueue them as ordinary trials.
+
+It runs in the coordinator before any worker process starts, with every worker's threads, and counts
+towards ``--time-budget``. The readouts then train exactly like every other trial (same rungs, seeds,
+final stage, baselines), which is what verifies them. ``oneshot/`` in the study directory holds the
+supernet's checkpoint (a killed run resumes it) and ``readouts.json``: the ranking of every slice and
+each readout's budget, plan and parameter count. The study remembers that its readouts are enqueued
+(study user attribute ``oneshot``), so a resumed search does not train the supernet again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import optuna
+
+from autopeft.core.choices import TrialStatus
+from autopeft.oneshot.run import readouts, train_supernet
+from autopeft.searching.context import SearchContext
+from autopeft.searching.progress import Reporter
+from autopeft.searching.threads import apply_threads
+
+ONESHOT_ATTR = "oneshot"  # study user attribute: the stage's summary once its readouts are enqueued
+READOUT_ATTR = "oneshot_readout"  # trial user attribute: the readout's index (0 = smallest budget)
+
+
+def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter) -> dict[str, Any] | None:
+    settings = ctx.settings
+    if not settings.uses_supernet or ONESHOT_ATTR in study.user_attrs:
+        return study.user_attrs.get(ONESHOT_ATTR)
+    session = ctx.prepared.session
+    config = replace(settings.train, seed=settings.seed)
+    directory = ctx.files.oneshot_dir
+    if settings.threads:
+        apply_threads(settings.threads * settings.workers)  # the workers start after this stage
+    reporter.info(f"one-shot: training the supernet of space '{settings.space}' for {config.steps} steps "
+                  f"(budget {ctx.budget:,} params)")
+    result = train_supernet(session, ctx.space, ctx.budget, config, directory / "supernet.safetensors",
+                            reporter.step_callback(config.steps))
+    if settings.threads:
+        apply_threads(settings.threads)
+    plans = readouts(ctx.space, session, result, ctx.budget, settings.readouts)
+    for index, readout in enumerate(plans):
+        study.enqueue_trial(readout.sample.trial_params(),
+                            user_attrs={READOUT_ATTR: index, "status": TrialStatus.QUEUED})
+        reporter.info(f"one-shot readout {index}: {readout.params:,} params: "
+                      f"{readout.sample.plan().describe(ctx.arch)}")
+    record = {"steps": config.steps, "seconds": round(result.seconds, 1), "train_loss": result.train_loss,
+              "readouts": [{"budget": round(r.budget), "params": r.params, "plan": r.sample.plan().to_dict()}
+                           for r in plans]}
+    ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
+    (directory / "readouts.json").write_text(json.dumps({
+        **record,
+        "ranking": [{"unit": result.slices[i].unit, "method": result.slices[i].method,
+                     "dims": [result.slices[i].start, result.slices[i].size], "cost": result.slices[i].cost,
+                     "score": result.scores[i]} for i in ranking]}, indent=2) + "\n")
+    study.set_user_attr(ONESHOT_ATTR, record)
+    return record

@@ -1,0 +1,56 @@
+"""``autopeft search --strategy oneshot``: one supernet run, its readouts trained as the study's trials."""
+
+import json
+
+import pandas as pd
+
+from autopeft.cli.main import main
+
+
+def _args(assets, out, *extra):
+    model, data, space = assets
+    return ["search", "--model", str(model), "--dataset", str(data), "--space", str(space), "--out", str(out),
+            "--budget", "1.2k", "--batch-size", "8", "--workers", "1", "--quiet", "--baselines", "none",
+            "--max-steps", "20", "--min-steps", "20", "--seeds", "1", *extra]
+
+
+def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_without_retraining(tiny_search_assets, tmp_path):
+    out = tmp_path / "study"
+    args = _args(tiny_search_assets, out, "--trials", "50", "--strategy", "oneshot", "--readouts", "4")
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == "oneshot" and summary["compute"]["supernet_steps"] == 20
+    recorded = summary["oneshot"]["readouts"]
+    assert 1 <= len(recorded) <= 4
+    trials = pd.read_csv(out / "trials.csv")
+    readouts = trials[trials.readout.notna()].sort_values("readout")
+    assert list(readouts.readout.astype(int)) == list(range(len(recorded)))
+    for row, record in zip(readouts.itertuples(), recorded, strict=True):
+        assert row.params == record["params"] <= summary["budget_params"]
+        assert json.loads(row.plan) == record["plan"]
+    trained = trials[trials.status.isin(["complete", "stopped"])]
+    assert len(trained) == 1 + len(recorded)  # the warm start and the readouts: the sampler proposed nothing
+    ranking = json.loads((out / "oneshot" / "readouts.json").read_text())["ranking"]
+    assert len(ranking) == 3 * 2 * 2  # 3 layers x (q, v) x ranks {2, 4} as two nested slices
+    assert (out / "best" / "metrics.json").is_file()
+
+    assert main(args) == 0  # resumed: the study is finished, the supernet is not trained again
+    assert len(pd.read_csv(out / "trials.csv")) == len(trials)
+
+
+def test_oneshot_then_bayes_enqueues_the_readouts_first(tiny_search_assets, tmp_path):
+    out = tmp_path / "study"
+    assert main(_args(tiny_search_assets, out, "--trials", "6", "--strategy", "oneshot+bayes", "--readouts", "2")) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    trained = trials[trials.status.isin(["complete", "stopped"])].sort_values("number")
+    readouts = int(trials.readout.notna().sum())
+    assert 1 <= readouts <= 2 and len(trained) == 6
+    assert trained.readout.iloc[1:1 + readouts].notna().all()  # right after the warm start
+    assert trained.readout.iloc[1 + readouts:].isna().all()  # then the sampler's plans
+
+
+def test_oneshot_option_mistakes_are_one_line_errors(tiny_search_assets, tmp_path, capsys):
+    assert main(_args(tiny_search_assets, tmp_path / "a", "--strategy", "oneshot", "--readouts", "0")) == 2
+    assert "--readouts must be >= 1" in capsys.readouterr().err
+    assert main(_args(tiny_search_assets, tmp_path / "b", "--strategy", "oneshot", "--space", "sappa")) == 2
+    assert "masks" in capsys.readouterr().err

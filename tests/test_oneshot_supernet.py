@@ -1,0 +1,132 @@
+"""The one-shot supernet (#19): gates open and close the candidates exactly, training moves the scores
+under the budget, a checkpointed run resumes bitwise, removal restores the base bitwise."""
+
+import pytest
+import torch
+from fast_fixtures import base_state, one_thread, toy_session  # noqa: F401
+
+from autopeft.oneshot.candidates import candidates, sample_of
+from autopeft.oneshot.supernet import SCORES_KEY, build_supernet, supernet_plan
+from autopeft.peft.inject import head_parameters, inject
+from autopeft.space import load_space
+from autopeft.testing import tiny_batch
+from autopeft.training.config import TrainConfig
+from autopeft.training.trial_run import Checkpoint, TrialRun
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _randomise_adapters(handle) -> None:
+    """Non-zero B / up weights, so that an open candidate changes the output (they start at zero)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in handle.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _logits(session, batch):
+    session.model.eval()
+    with torch.no_grad():
+        return session.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_open_gates_are_the_full_supernet_plan_and_closed_gates_the_base(family):
+    session = toy_session(family, dropout=False)
+    batch = tiny_batch()
+    space = load_space("compact")
+    base = _logits(session, batch)
+    supernet = build_supernet(session.model, session.arch, space, budget=10**12)  # everything fits: all open
+    _randomise_adapters(supernet.handle)
+    opened = _logits(session, batch)
+    state = {k: v.clone() for k, v in supernet.handle.state_dict(folded=False).items()}
+    supernet.gates.budget = 0.0  # nothing fits: all closed
+    closed = _logits(session, batch)
+    supernet.remove()
+    assert torch.equal(closed, base)  # a closed gate removes its candidate exactly
+    assert not torch.allclose(opened, base)
+    plain = inject(session.model, supernet_plan(supernet.slices), session.arch)  # the same weights, no gates
+    plain.load_state_dict(state, source="checkpoint")
+    assert torch.allclose(_logits(session, batch), opened, atol=1e-5)
+    plain.remove()
+    assert torch.equal(_logits(session, batch), base)
+
+
+def _train(session, space, budget, steps, stop_at=None, checkpoint=None):
+    """A supernet trained by the ordinary TrialRun (as a trial's plan is), to ``stop_at`` or the end."""
+    torch.manual_seed(0)  # as start_run: the seed, the head, then the injected modules' init
+    session.reset_head(0)
+    supernet = build_supernet(session.model, session.arch, space, budget)
+    config = TrainConfig(steps=steps, batch_size=8, lr=1e-2, seed=0, prefix_cache="off")
+    run = TrialRun(session, supernet, config)
+    if checkpoint is not None:
+        run.restore(checkpoint)
+    run.advance(stop_at or steps)
+    return run, supernet
+
+
+def test_training_moves_the_scores_under_the_budget_resumes_bitwise_and_restores_the_base(tmp_path):
+    session = toy_session("bert")
+    space = load_space("compact")
+    before = base_state(session)
+    head = set(head_parameters(session.model))
+    budget = 0.3 * sum(s.cost for s in candidates(space, session.arch))
+
+    run, supernet = _train(session, space, budget, steps=6)
+    assert supernet.gates.raw.detach().abs().sum() > 0  # the scores learned
+    assert 0.05 < supernet.tau < 0.06  # annealed to its end value
+    expected = float((supernet.openings().detach().double() * supernet.gates.costs).sum())
+    assert expected == pytest.approx(budget, rel=1e-6)
+    whole = run.state()
+    kept = supernet.readout(budget)
+    plan = sample_of(space, session.arch, supernet.slices, kept).plan()
+    assert 0 < plan.num_params(session.arch) <= budget
+    run.close()
+
+    first, _ = _train(session, space, budget, steps=6, stop_at=3)  # "killed" after 3 steps
+    first.checkpoint().save(tmp_path / "ckpt.safetensors")
+    first.close()
+    resumed, _ = _train(session, space, budget, steps=6, checkpoint=Checkpoint.load(tmp_path / "ckpt.safetensors"))
+    again = resumed.state()
+    resumed.close()
+    assert set(again) == set(whole) and SCORES_KEY in whole
+    for key, value in whole.items():
+        assert torch.equal(again[key], value), key
+
+    after = session.model.state_dict()
+    assert set(after) == set(before)
+    for name, value in before.items():
+        if name not in head:
+            assert torch.equal(after[name], value), name
+
+
+class Killed(Exception):
+    pass
+
+
+def test_one_run_reads_out_distinct_valid_plans_and_resumes_after_a_kill_bitwise(tmp_path, monkeypatch):
+    from autopeft.oneshot import run as oneshot_run
+
+    monkeypatch.setattr(oneshot_run, "CHECKPOINT_EVERY", 2)
+    session = toy_session("bert")
+    space = load_space("compact")
+    budget = 0.4 * sum(s.cost for s in candidates(space, session.arch))
+    config = TrainConfig(steps=6, batch_size=8, lr=1e-2, seed=0, prefix_cache="off")
+    whole = oneshot_run.train_supernet(session, space, budget, config)
+
+    def kill_at_5(step, loss):
+        if step == 5:
+            raise Killed
+    path = tmp_path / "supernet.safetensors"
+    with pytest.raises(Killed):
+        oneshot_run.train_supernet(session, space, budget, config, path, progress=kill_at_5)
+    assert path.is_file()  # the step-4 checkpoint
+    resumed = oneshot_run.train_supernet(session, space, budget, config, path)
+    assert resumed.scores == whole.scores
+
+    plans = oneshot_run.readouts(space, session, whole, budget, k=8)
+    assert 1 <= len(plans) <= 8
+    assert len({r.slices for r in plans}) == len(plans)
+    for r in plans:
+        assert r.params == sum(whole.slices[i].cost for i in r.slices) <= r.budget <= budget
+        assert space.infeasible_reason(r.sample, session.arch, int(budget)) is None
