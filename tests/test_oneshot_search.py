@@ -33,6 +33,9 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
     ranking = json.loads((out / "oneshot" / "readouts.json").read_text())["ranking"]
     assert len(ranking) == 3 * 2 * 2  # 3 layers x (q, v) x ranks {2, 4} as two nested slices
     assert (out / "best" / "metrics.json").is_file()
+    assert main(["report", str(out)]) == 0  # the report shows every readout beside its verified metric
+    page = (out / "report.html").read_text()
+    assert "One-shot supernet" in page and page.count("ranking of the candidates") == 1
 
     assert main(args) == 0  # resumed: the study is finished, the supernet is not trained again
     assert len(pd.read_csv(out / "trials.csv")) == len(trials)

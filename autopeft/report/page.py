@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.core.units import format_bytes, format_count
+from autopeft.peft.plan import Plan
 from autopeft.searching.uplift import describe_comparison
 from autopeft.study.layout import StudyLayout
 from autopeft.study.view import StudyView, TrialView, load_optuna_study
@@ -156,6 +157,32 @@ def _best_section(view: StudyView, work: Path) -> str:
         "</details>"
 
 
+def _oneshot_section(view: StudyView) -> list[str]:
+    """--strategy oneshot*: each readout's budget and plan beside its verified (really trained) metric, and
+    the supernet's ranking of the candidates (the order every readout cuts)."""
+    path = view.layout.oneshot_dir / "readouts.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    verified = {t.attrs["oneshot_readout"]: t for t in view.trials if "oneshot_readout" in t.attrs}
+    rows = []
+    for index, readout in enumerate(record["readouts"]):
+        trial = verified.get(index)
+        rows.append([index, format_count(readout["budget"]), format_count(readout["params"]),
+                     trial.number if trial else "-", _metric_text(trial) if trial else "-",
+                     Plan.from_dict(readout["plan"]).describe()])
+    ranking = record.get("ranking", [])[:30]
+    return ["<h2>One-shot supernet</h2>",
+            f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; each '
+            "readout is the ranking below cut at its budget, then trained as an ordinary trial.</p>",
+            _table(["readout", "budget", "params", "trial", f"validation {view.metric}", "plan"], rows,
+                   numeric={1, 2}),
+            "<details><summary>ranking of the candidates (best first)</summary>",
+            _table(["unit", "method", "dims", "params", "score"],
+                   [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),
+                     f'{r["score"]:.3f}'] for r in ranking], numeric={3, 4}), "</details>"]
+
+
 def build_report(view: StudyView, out: Path) -> Path:
     """Write ``out`` (report.html) and ``pareto.html`` next to it; return ``out``."""
     from autopeft.report import plots
@@ -196,6 +223,7 @@ def build_report(view: StudyView, out: Path) -> Path:
         if curve:
             parts.append(f'<p>final hypervolume {curve[-1]["hypervolume"]:.4f} after {curve[-1]["steps"]} '
                          "training steps</p>")
+        parts += _oneshot_section(view)
         values, reason = importances(view)
         parts.append("<h2>Parameter importances</h2>")
         if values:
