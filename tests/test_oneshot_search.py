@@ -57,3 +57,21 @@ def test_oneshot_option_mistakes_are_one_line_errors(tiny_search_assets, tmp_pat
     assert "--readouts must be >= 1" in capsys.readouterr().err
     assert main(_args(tiny_search_assets, tmp_path / "b", "--strategy", "oneshot", "--space", "sappa")) == 2
     assert "masks" in capsys.readouterr().err
+
+
+def test_a_supernet_over_the_memory_cap_is_refused_before_training(tiny_search_assets, tmp_path, capsys):
+    from autopeft.oneshot.candidates import candidates
+    from autopeft.oneshot.supernet import supernet_plan
+    from autopeft.searching.objectives import estimate_memory
+    from autopeft.space import load_space
+    from autopeft.training.config import TrainConfig
+    from autopeft.training.options import DataOptions
+    from autopeft.training.pipeline import prepare
+
+    model, data, space = tiny_search_assets
+    prepared = prepare(DataOptions(model=str(model), dataset=str(data)))
+    supernet = supernet_plan(candidates(load_space(str(space)), prepared.loaded.arch))
+    needed = estimate_memory(prepared, supernet, TrainConfig(steps=20, batch_size=8))
+    code = main(_args(tiny_search_assets, tmp_path / "m", "--strategy", "oneshot", "--memory", f"{needed - 1}B"))
+    assert code == 2 and "the supernet's training step needs" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "oneshot" / "supernet.safetensors").exists()  # refused before training

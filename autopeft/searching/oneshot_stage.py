@@ -18,8 +18,13 @@ from typing import Any
 import optuna
 
 from autopeft.core.choices import TrialStatus
+from autopeft.core.errors import UserError
+from autopeft.core.units import format_bytes
+from autopeft.oneshot.candidates import candidates
 from autopeft.oneshot.run import readouts, train_supernet
+from autopeft.oneshot.supernet import supernet_plan
 from autopeft.searching.context import SearchContext
+from autopeft.searching.objectives import estimate_memory
 from autopeft.searching.progress import Reporter
 from autopeft.searching.threads import apply_threads
 
@@ -34,6 +39,12 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
     session = ctx.prepared.session
     config = replace(settings.train, seed=settings.seed)
     directory = ctx.files.oneshot_dir
+    if ctx.memory_limit is not None:  # the supernet holds every candidate: its step must fit --memory too
+        needed = estimate_memory(ctx.prepared, supernet_plan(candidates(ctx.space, ctx.arch)), config)
+        if needed > ctx.memory_limit:
+            raise UserError(f"--strategy {settings.strategy}: the supernet's training step needs about "
+                            f"{format_bytes(needed)}, over --memory {format_bytes(ctx.memory_limit)}; raise "
+                            "--memory, lower --batch-size/--max-length, or use --strategy bayes")
     if settings.threads:
         apply_threads(settings.threads * settings.workers)  # the workers start after this stage
     reporter.info(f"one-shot: training the supernet of space '{settings.space}' for {config.steps} steps "
