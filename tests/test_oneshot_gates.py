@@ -67,11 +67,12 @@ def test_everything_open_when_the_budget_holds_the_whole_supernet():
     assert {slices[i].size for i in kept if slices[i].unit == "lora.q"} == {2, 4, 8}
 
 
+@pytest.mark.parametrize("space_name", ["compact", "s3delta"])
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
-def test_readouts_are_valid_plans_whose_count_is_the_sum_of_their_slices(family):
+def test_readouts_are_valid_plans_whose_count_is_the_sum_of_their_slices(family, space_name):
     rng = random.Random(0)
     for seed in range(5):
-        arch, space, slices, gates = _gates("compact", family, 0.5, seed)
+        arch, space, slices, gates = _gates(space_name, family, 0.5, seed)
         total = sum(s.cost for s in slices)
         for _ in range(6):
             budget = rng.uniform(0, total)

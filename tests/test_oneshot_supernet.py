@@ -8,7 +8,7 @@ from fast_fixtures import base_state, one_thread, toy_session  # noqa: F401
 from autopeft.oneshot.candidates import candidates, sample_of
 from autopeft.oneshot.supernet import SCORES_KEY, build_supernet, supernet_plan
 from autopeft.peft.inject import head_parameters, inject
-from autopeft.space import load_space
+from autopeft.space import load_space, parse_space
 from autopeft.testing import tiny_batch
 from autopeft.training.config import TrainConfig
 from autopeft.training.trial_run import Checkpoint, TrialRun
@@ -30,11 +30,25 @@ def _logits(session, batch):
         return session.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+IA3_SPACE = """
+decisions:
+  - name: ia3
+    sites: [k, v, down]
+    per: site
+    methods: {none: {}, ia3: {}}
+"""
+
+
+def _space(name: str):
+    return parse_space(IA3_SPACE, "ia3.yaml", "ia3") if name == "ia3" else load_space(name)
+
+
+@pytest.mark.parametrize("space_name", ["compact", "s3delta", "ia3"])  # LoRA, adapters, BitFit, LN, (IA)^3
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
-def test_open_gates_are_the_full_supernet_plan_and_closed_gates_the_base(family):
+def test_open_gates_are_the_full_supernet_plan_and_closed_gates_the_base(family, space_name):
     session = toy_session(family, dropout=False)
     batch = tiny_batch()
-    space = load_space("compact")
+    space = _space(space_name)
     base = _logits(session, batch)
     supernet = build_supernet(session.model, session.arch, space, budget=10**12)  # everything fits: all open
     _randomise_adapters(supernet.handle)

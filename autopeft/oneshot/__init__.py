@@ -2,7 +2,11 @@
 
 - :mod:`~autopeft.oneshot.candidates`: the space's units, methods and sizes as nested slices with exact costs;
 - :mod:`~autopeft.oneshot.gates`: S3Delta's shifted global sigmoid with an exact expected budget, and the
-  greedy readout of a plan at any budget from one ranking.
+  greedy readout of a plan at any budget from one ranking;
+- :mod:`~autopeft.oneshot.supernet`: the candidates injected at once, each slice's opening applied to its
+  module (inner dimensions of LoRA and adapters; the output of BitFit, LN tuning, (IA)^3);
+- :mod:`~autopeft.oneshot.run`: one training run of the supernet (checkpointed) and its readouts.
 
-Still to come (see the issue): the gated supernet modules, its training run, ``--strategy oneshot``.
+``autopeft search --strategy oneshot|oneshot+bayes`` (:mod:`autopeft.searching.oneshot_stage`) trains the
+readouts as ordinary trials. Not covered yet: DoRA, prefixes and prompts.
 """

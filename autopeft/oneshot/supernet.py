@@ -32,7 +32,11 @@ from autopeft.peft.inject import InjectionHandle, inject
 from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.space.search_space import SearchSpace
 
-GATED_METHODS = ("lora", "adapter", "parallel_adapter")  # modules with an ``inner_gate``
+INNER_GATED = ("lora", "adapter", "parallel_adapter")  # modules with an ``inner_gate`` over their inner dims
+# one slice each (no size): gated on their output, y + g (method(x, y) - y), by a forward hook; (IA)^3's
+# input scaling (on a down projection) reads ``inner_gate`` instead, as it changes the input, not the output
+OUTPUT_GATED = ("bitfit", "ia3", "ln_tuning")
+GATED_METHODS = INNER_GATED + OUTPUT_GATED
 SCORE_SCALE = 50.0
 SCORES_KEY = "oneshot.scores"
 TAU_KEY = "oneshot.tau"  # saved with the scores: a run resumed at step k continues at its temperature
@@ -60,22 +64,35 @@ class Supernet:
         by_method: dict[tuple[str, str], list[Slice]] = {}
         for s in slices:
             by_method.setdefault((s.unit, s.method), []).append(s)
+        self._hooks = []
+        self._p: torch.Tensor | None = None  # this forward's openings (set by the model's pre-hook)
         for group in by_method.values():
             first = group[0]
             for layer in first.layers:
                 for site in first.sites:
                     module = handle.modules[f"layers.{layer}.{site}.{first.method}"]
-                    self._targets.append((module, [s.index for s in group], [s.size - s.start for s in group]))
-        self._hook = handle.model.register_forward_pre_hook(self._open)
+                    if first.method in INNER_GATED or hasattr(module, "transform_input"):
+                        self._targets.append((module, [s.index for s in group],
+                                              [max(1, s.size - s.start) for s in group]))
+                    else:
+                        self._hooks.append(module.register_forward_hook(self._output_gate(first.index)))
+        self._hooks.append(handle.model.register_forward_pre_hook(self._open))
 
     # --- gates --------------------------------------------------------------------------------
     def openings(self) -> torch.Tensor:
         return self.gates(self.tau)
 
     def _open(self, _module: nn.Module, _args: Any) -> None:
-        p = self.openings()
+        p = self._p = self.openings()
         for module, indices, widths in self._targets:
             module.inner_gate = torch.repeat_interleave(p[indices], torch.tensor(widths, device=p.device))
+
+    def _output_gate(self, index: int):
+        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            y = args[1]  # the method's input output, forward(x, y)
+            assert self._p is not None
+            return y + (self._p[index] * (output - y)).to(y.dtype)
+        return hook
 
     # --- the handle's interface, for TrialRun ------------------------------------------------------
     @property
@@ -121,7 +138,8 @@ class Supernet:
         return self.handle.num_head_params()
 
     def remove(self) -> None:
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         for module, _, _ in self._targets:
             module.inner_gate = None
         self.handle.remove()

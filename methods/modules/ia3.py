@@ -16,11 +16,17 @@ class OutputScale(nn.Module):
 
 
 class InputScale(nn.Module):
+    # One-shot supernet (autopeft.oneshot.supernet): when set, a (1,) opening g in [0, 1]: the input is
+    # scaled by 1 + g (l - 1), so a closed gate leaves it as it was. None (outside a supernet): plain (IA)^3.
+    inner_gate: torch.Tensor | None = None
+
     def __init__(self, width: int) -> None:
         super().__init__()
         self.ia3_l = nn.Parameter(torch.ones(width))
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inner_gate is not None:
+            return x * (1 + self.inner_gate * (self.ia3_l - 1)).to(x.dtype)
         return x * self.ia3_l.to(x.dtype)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
