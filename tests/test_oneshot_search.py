@@ -28,6 +28,7 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
     for row, record in zip(readouts.itertuples(), recorded, strict=True):
         assert row.params == record["params"] <= summary["budget_params"]
         assert json.loads(row.plan) == record["plan"]
+        assert 0.0 <= record["supernet_metric"] <= 1.0
     trained = trials[trials.status.isin(["complete", "stopped"])]
     assert len(trained) == 1 + len(recorded)  # the warm start and the readouts: the sampler proposed nothing
     ranking = json.loads((out / "oneshot" / "readouts.json").read_text())["ranking"]

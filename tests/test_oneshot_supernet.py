@@ -126,7 +126,7 @@ def test_one_run_reads_out_distinct_valid_plans_and_resumes_after_a_kill_bitwise
     space = load_space("compact")
     budget = 0.4 * sum(s.cost for s in candidates(space, session.arch))
     config = TrainConfig(steps=6, batch_size=8, lr=1e-2, seed=0, prefix_cache="off")
-    whole = oneshot_run.train_supernet(session, space, budget, config)
+    whole, predicted = oneshot_run.train_supernet(session, space, budget, config, readouts_k=8)
 
     def kill_at_5(step, loss):
         if step == 5:
@@ -135,8 +135,10 @@ def test_one_run_reads_out_distinct_valid_plans_and_resumes_after_a_kill_bitwise
     with pytest.raises(Killed):
         oneshot_run.train_supernet(session, space, budget, config, path, progress=kill_at_5)
     assert path.is_file()  # the step-4 checkpoint
-    resumed = oneshot_run.train_supernet(session, space, budget, config, path)
+    resumed, _ = oneshot_run.train_supernet(session, space, budget, config, path)
     assert resumed.scores == whole.scores
+    assert [r.slices for r in predicted] == [r.slices for r in oneshot_run.readouts(space, session, whole, budget, 8)]
+    assert all(0.0 <= r.supernet_metric <= 1.0 for r in predicted)  # accuracy of the supernet cut to the readout
 
     plans = oneshot_run.readouts(space, session, whole, budget, k=8)
     assert 1 <= len(plans) <= 8

@@ -10,7 +10,7 @@ distinct plans (each a point of the space, as a :class:`~autopeft.space.model.Sa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ class Readout:
     sample: Sample
     params: int
     slices: tuple[int, ...]
+    supernet_metric: float | None = None  # validation metric of the supernet with only these slices open
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,11 @@ def readouts(space: SearchSpace, session: Session, result: SupernetResult, budge
 
 
 def train_supernet(session: Session, space: SearchSpace, budget: float, config: TrainConfig,
-                   checkpoint_path: Path | None = None,
-                   progress: Callable[[int, float], None] | None = None) -> SupernetResult:
-    """One training run of the supernet; resumes from ``checkpoint_path`` when it holds a checkpoint."""
+                   checkpoint_path: Path | None = None, progress: Callable[[int, float], None] | None = None,
+                   readouts_k: int = 0) -> tuple[SupernetResult, list[Readout]]:
+    """One training run of the supernet (resumed from ``checkpoint_path`` when it holds a checkpoint), and
+    its ``readouts_k`` readouts, each evaluated inside the trained supernet with only its slices open (the
+    weight-sharing prediction that real training of the readout then verifies)."""
     torch.manual_seed(config.seed)  # as start_run: the seed, the head, then the injected modules' init
     session.reset_head(config.seed)
     supernet: Supernet = build_supernet(session.model, session.arch, space, budget,
@@ -84,8 +87,14 @@ def train_supernet(session: Session, space: SearchSpace, budget: float, config: 
             run.advance(min(config.steps, run.step + CHECKPOINT_EVERY), progress)
             if checkpoint_path is not None:
                 _save_atomically(run.checkpoint(), checkpoint_path)
-        scores = supernet.gates.effective_scores()
-        return SupernetResult(supernet.slices, scores, run.train_loss, run.train_seconds)
+        result = SupernetResult(supernet.slices, supernet.gates.effective_scores(), run.train_loss,
+                                run.train_seconds)
+        predicted = []
+        for plan in readouts(space, session, result, budget, readouts_k) if readouts_k else []:
+            supernet.fixed_openings = torch.zeros(len(result.slices))
+            supernet.fixed_openings[list(plan.slices)] = 1.0
+            predicted.append(replace(plan, supernet_metric=run.evaluate("validation").value))
+        return result, predicted
 
 
 def _save_atomically(checkpoint: Checkpoint, path: Path) -> None:

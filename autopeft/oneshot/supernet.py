@@ -66,6 +66,7 @@ class Supernet:
             by_method.setdefault((s.unit, s.method), []).append(s)
         self._hooks = []
         self._p: torch.Tensor | None = None  # this forward's openings (set by the model's pre-hook)
+        self.fixed_openings: torch.Tensor | None = None
         for group in by_method.values():
             first = group[0]
             for layer in first.layers:
@@ -80,6 +81,8 @@ class Supernet:
 
     # --- gates --------------------------------------------------------------------------------
     def openings(self) -> torch.Tensor:
+        if self.fixed_openings is not None:  # a readout evaluated inside the supernet: its slices open, no others
+            return self.fixed_openings
         return self.gates(self.tau)
 
     def _open(self, _module: nn.Module, _args: Any) -> None:

@@ -168,15 +168,17 @@ def _oneshot_section(view: StudyView) -> list[str]:
     rows = []
     for index, readout in enumerate(record["readouts"]):
         trial = verified.get(index)
+        predicted = readout.get("supernet_metric")
         rows.append([index, format_count(readout["budget"]), format_count(readout["params"]),
-                     trial.number if trial else "-", _metric_text(trial) if trial else "-",
-                     Plan.from_dict(readout["plan"]).describe()])
+                     "-" if predicted is None else f"{predicted:.4f}", trial.number if trial else "-",
+                     _metric_text(trial) if trial else "-", Plan.from_dict(readout["plan"]).describe()])
     ranking = record.get("ranking", [])[:30]
     return ["<h2>One-shot supernet</h2>",
             f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; each '
-            "readout is the ranking below cut at its budget, then trained as an ordinary trial.</p>",
-            _table(["readout", "budget", "params", "trial", f"validation {view.metric}", "plan"], rows,
-                   numeric={1, 2}),
+            "readout is the ranking below cut at its budget, evaluated inside the supernet with only its candidates "
+            "open (the weight-sharing prediction), then trained as an ordinary trial (the verified metric).</p>",
+            _table(["readout", "budget", "params", "in the supernet", "trial", f"validation {view.metric}", "plan"],
+                   rows, numeric={1, 2, 3}),
             "<details><summary>ranking of the candidates (best first)</summary>",
             _table(["unit", "method", "dims", "params", "score"],
                    [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),

@@ -21,7 +21,7 @@ from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.core.units import format_bytes
 from autopeft.oneshot.candidates import candidates
-from autopeft.oneshot.run import readouts, train_supernet
+from autopeft.oneshot.run import train_supernet
 from autopeft.oneshot.supernet import supernet_plan
 from autopeft.searching.context import SearchContext
 from autopeft.searching.objectives import estimate_memory
@@ -49,19 +49,18 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
         apply_threads(settings.threads * settings.workers)  # the workers start after this stage
     reporter.info(f"one-shot: training the supernet of space '{settings.space}' for {config.steps} steps "
                   f"(budget {ctx.budget:,} params)")
-    result = train_supernet(session, ctx.space, ctx.budget, config, directory / "supernet.safetensors",
-                            reporter.step_callback(config.steps))
+    result, plans = train_supernet(session, ctx.space, ctx.budget, config, directory / "supernet.safetensors",
+                                   reporter.step_callback(config.steps), settings.readouts)
     if settings.threads:
         apply_threads(settings.threads)
-    plans = readouts(ctx.space, session, result, ctx.budget, settings.readouts)
     for index, readout in enumerate(plans):
         study.enqueue_trial(readout.sample.trial_params(),
                             user_attrs={READOUT_ATTR: index, "status": TrialStatus.QUEUED})
-        reporter.info(f"one-shot readout {index}: {readout.params:,} params: "
-                      f"{readout.sample.plan().describe(ctx.arch)}")
+        reporter.info(f"one-shot readout {index}: {readout.params:,} params, supernet validation "
+                      f"{readout.supernet_metric:.4f}: {readout.sample.plan().describe(ctx.arch)}")
     record = {"steps": config.steps, "seconds": round(result.seconds, 1), "train_loss": result.train_loss,
-              "readouts": [{"budget": round(r.budget), "params": r.params, "plan": r.sample.plan().to_dict()}
-                           for r in plans]}
+              "readouts": [{"budget": round(r.budget), "params": r.params, "supernet_metric": r.supernet_metric,
+                            "plan": r.sample.plan().to_dict()} for r in plans]}
     ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
     (directory / "readouts.json").write_text(json.dumps({
         **record,
