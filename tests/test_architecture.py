@@ -22,7 +22,7 @@ LAYERS = [
     {"autopeft.kernels"},
     {"autopeft.methods", "autopeft.peft"},
     {"autopeft.space", "autopeft.training"},
-    {"autopeft.memory"},
+    {"autopeft.memory", "autopeft.oneshot"},
     {"autopeft.study"},
     {"autopeft.searching"},
     {"autopeft.report"},
