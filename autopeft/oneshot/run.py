@@ -86,19 +86,12 @@ def train_supernet(session: Session, space: SearchSpace, budget: float, config: 
         while run.step < config.steps:
             run.advance(min(config.steps, run.step + CHECKPOINT_EVERY), progress)
             if checkpoint_path is not None:
-                _save_atomically(run.checkpoint(), checkpoint_path)
+                run.checkpoint().save(checkpoint_path)  # atomic (temporary file + rename)
         result = SupernetResult(supernet.slices, supernet.gates.effective_scores(), run.train_loss,
                                 run.train_seconds)
         predicted = []
         for plan in readouts(space, session, result, budget, readouts_k) if readouts_k else []:
-            supernet.fixed_openings = torch.zeros(len(result.slices))
+            supernet.fixed_openings = torch.zeros_like(supernet.gates.raw)
             supernet.fixed_openings[list(plan.slices)] = 1.0
             predicted.append(replace(plan, supernet_metric=run.evaluate("validation").value))
         return result, predicted
-
-
-def _save_atomically(checkpoint: Checkpoint, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    checkpoint.save(partial)
-    partial.replace(path)

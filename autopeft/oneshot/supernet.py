@@ -59,8 +59,8 @@ class Supernet:
         self.gates = BudgetGates([SliceSpec(s.cost, s.parent, s.unit) for s in slices], budget, SCORE_SCALE)
         self.tau_start, self.tau_end = tau
         self.tau = self.tau_start
-        # (module, slice indices, their widths): module.inner_gate = p[indices] repeated by width
-        self._targets: list[tuple[nn.Module, list[int], list[int]]] = []
+        # (module, the slice index of each inner dimension): module.inner_gate = p[that index]
+        self._targets: list[tuple[nn.Module, torch.Tensor]] = []
         by_method: dict[tuple[str, str], list[Slice]] = {}
         for s in slices:
             by_method.setdefault((s.unit, s.method), []).append(s)
@@ -73,8 +73,9 @@ class Supernet:
                 for site in first.sites:
                     module = handle.modules[f"layers.{layer}.{site}.{first.method}"]
                     if first.method in INNER_GATED or hasattr(module, "transform_input"):
-                        self._targets.append((module, [s.index for s in group],
-                                              [max(1, s.size - s.start) for s in group]))
+                        widths = torch.tensor([max(1, s.size - s.start) for s in group])
+                        self._targets.append((module, torch.repeat_interleave(
+                            torch.tensor([s.index for s in group]), widths)))
                     else:
                         self._hooks.append(module.register_forward_hook(self._output_gate(first.index)))
         self._hooks.append(handle.model.register_forward_pre_hook(self._open))
@@ -87,8 +88,8 @@ class Supernet:
 
     def _open(self, _module: nn.Module, _args: Any) -> None:
         p = self._p = self.openings()
-        for module, indices, widths in self._targets:
-            module.inner_gate = torch.repeat_interleave(p[indices], torch.tensor(widths, device=p.device))
+        for module, dims in self._targets:
+            module.inner_gate = p[dims.to(p.device)]
 
     def _output_gate(self, index: int):
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -143,7 +144,7 @@ class Supernet:
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
-        for module, _, _ in self._targets:
+        for module, _ in self._targets:
             module.inner_gate = None
         self.handle.remove()
 
