@@ -38,12 +38,27 @@ decisions:
     methods: {none: {}, ia3: {}}
 """
 
+# DoRA (rank gated inside, magnitude on the output) and prefixes (positions gated in the attention's scores)
+DORA_PREFIX_SPACE = """
+decisions:
+  - name: dora
+    sites: [q, v]
+    per: site
+    methods: {none: {}, dora: {r: {choice: [2, 4]}, alpha: 16}}
+  - name: prefix
+    sites: [prefix]
+    per: layer
+    methods: {none: {}, prefix: {length: {choice: [2, 4]}}}
+"""
+SPACES = {"ia3": IA3_SPACE, "dora_prefix": DORA_PREFIX_SPACE}
+
 
 def _space(name: str):
-    return parse_space(IA3_SPACE, "ia3.yaml", "ia3") if name == "ia3" else load_space(name)
+    return parse_space(SPACES[name], f"{name}.yaml", name) if name in SPACES else load_space(name)
 
 
-@pytest.mark.parametrize("space_name", ["compact", "s3delta", "ia3"])  # LoRA, adapters, BitFit, LN, (IA)^3
+# LoRA, adapters, BitFit, LN, (IA)^3, DoRA, prefixes
+@pytest.mark.parametrize("space_name", ["compact", "s3delta", "ia3", "dora_prefix"])
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_open_gates_are_the_full_supernet_plan_and_closed_gates_the_base(family, space_name):
     session = toy_session(family, dropout=False)
@@ -79,9 +94,10 @@ def _train(session, space, budget, steps, stop_at=None, checkpoint=None):
     return run, supernet
 
 
-def test_training_moves_the_scores_under_the_budget_resumes_bitwise_and_restores_the_base(tmp_path):
+@pytest.mark.parametrize("space_name", ["compact", "dora_prefix"])
+def test_training_moves_the_scores_under_the_budget_resumes_bitwise_and_restores_the_base(tmp_path, space_name):
     session = toy_session("bert")
-    space = load_space("compact")
+    space = _space(space_name)
     before = base_state(session)
     head = set(head_parameters(session.model))
     budget = 0.3 * sum(s.cost for s in candidates(space, session.arch))
@@ -146,3 +162,17 @@ def test_one_run_reads_out_distinct_valid_plans_and_resumes_after_a_kill_bitwise
     for r in plans:
         assert r.params == sum(whole.slices[i].cost for i in r.slices) <= r.budget <= budget
         assert space.infeasible_reason(r.sample, session.arch, int(budget)) is None
+
+
+def test_a_space_with_soft_prompts_is_refused_with_the_reason():
+    from autopeft.core.errors import UserError
+
+    session = toy_session("bert")
+    space = parse_space("""
+decisions:
+  - name: prompt
+    sites: [prompt]
+    methods: {none: {}, prompt: {length: {choice: [2, 4]}}}
+""", "prompt.yaml", "prompt")
+    with pytest.raises(UserError, match="also offers prompt: use a space without them"):
+        build_supernet(session.model, session.arch, space, budget=1000)

@@ -353,3 +353,30 @@ def test_full_disk_and_read_only_directory_stop_cleanly_and_the_study_resumes(as
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_kept(out, finished)
     assert len(_finished(out)) == len(finished) + 1
+
+
+def test_sigkill_mid_supernet_then_the_same_command_continues_it_bitwise(assets, tmp_path):
+    """``--strategy oneshot``: the supernet trains in the search process, checkpointed every 50 steps; a
+    SIGKILL between two checkpoints loses only the steps since the last, and the resumed supernet ends
+    bitwise where an uninterrupted one does (same scores, same readouts, same supernet predictions)."""
+    extra = ("--strategy", "oneshot", "--readouts", "2", "--max-steps", "120")
+    whole = tmp_path / "whole"
+    assert subprocess.run(_command(assets, whole, *extra), env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=600).returncode == 0
+
+    out = tmp_path / "study"
+    command = _command(assets, out, *extra)
+    checkpoint = out / "oneshot" / "supernet.safetensors"
+    search = Search(command, tmp_path / "run1.log", env=slow_steps_env(tmp_path / "slow"))
+    search.wait_for(checkpoint.is_file, "the supernet's first checkpoint")
+    assert search.signal(signal.SIGKILL) == -signal.SIGKILL
+    assert Checkpoint.load(checkpoint).step == 50  # killed between its checkpoints at 50 and 100 (2.5 s apart)
+    assert not (out / "oneshot" / "readouts.json").exists()
+
+    search = Search(command, tmp_path / "run2.log")
+    assert search.wait() == 0, search.text()[-3000:]
+    resumed, expected = (json.loads((d / "oneshot" / "readouts.json").read_text()) for d in (out, whole))
+    for record in (resumed, expected):
+        record.pop("seconds")
+    assert resumed == expected
+    assert pd.read_csv(out / "trials.csv").plan.tolist() == pd.read_csv(whole / "trials.csv").plan.tolist()

@@ -5,8 +5,10 @@ may carry LoRA and an adapter, or a serial and a parallel adapter, side by side)
 :class:`Supernet`, which trains through the ordinary :class:`~autopeft.training.trial_run.TrialRun` (it has
 the handle's interface): before every forward of the model, the gates' openings ``p`` (expected cost =
 budget, :mod:`autopeft.oneshot.gates`) are spread over the inner dimensions of the modules (``inner_gate``
-of LoRA and bottleneck modules: rank dimension ``d`` of a method gets the opening of the slice holding
-``d``), and after every optimizer step the temperature follows its schedule. ``remove()`` takes the
+of LoRA, DoRA, bottleneck and prefix modules: rank dimension, bottleneck unit or prefix position ``d`` of a
+method gets the opening of the slice holding ``d``; a prefix position's opening ``g`` weighs its attention
+by ``g``, see :func:`autopeft.peft.attention.extend_with_prefix`), and after every optimizer step the
+temperature follows its schedule. ``remove()`` takes the
 supernet out; the base model is bitwise what it was (the injection handle's guarantee).
 
 The scores learn with the adapters' optimizer as ``raw = score / SCORE_SCALE``, so that Adam's
@@ -32,11 +34,14 @@ from autopeft.peft.inject import InjectionHandle, inject
 from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.space.search_space import SearchSpace
 
-INNER_GATED = ("lora", "adapter", "parallel_adapter")  # modules with an ``inner_gate`` over their inner dims
-# one slice each (no size): gated on their output, y + g (method(x, y) - y), by a forward hook; (IA)^3's
-# input scaling (on a down projection) reads ``inner_gate`` instead, as it changes the input, not the output
-OUTPUT_GATED = ("bitfit", "ia3", "ln_tuning")
-GATED_METHODS = INNER_GATED + OUTPUT_GATED
+# modules with an ``inner_gate`` over their inner dimensions: rank, bottleneck width, prefix positions
+INNER_GATED = ("lora", "dora", "adapter", "parallel_adapter", "prefix", "ptuning_v2")
+# gated on their output, y + g (method(x, y) - y), by a forward hook, with their first slice's opening:
+# the methods of one slice (no size), and DoRA, whose magnitude rescales the output whatever its rank
+# (so that closed is the base). (IA)^3's input scaling (on a down projection) reads ``inner_gate``
+# instead, as it changes the input, not the output.
+OUTPUT_GATED = ("bitfit", "ia3", "ln_tuning", "dora")
+GATED_METHODS = tuple(dict.fromkeys(INNER_GATED + OUTPUT_GATED))
 SCORE_SCALE = 50.0
 SCORES_KEY = "oneshot.scores"
 TAU_KEY = "oneshot.tau"  # saved with the scores: a run resumed at step k continues at its temperature
@@ -72,11 +77,12 @@ class Supernet:
             for layer in first.layers:
                 for site in first.sites:
                     module = handle.modules[f"layers.{layer}.{site}.{first.method}"]
-                    if first.method in INNER_GATED or hasattr(module, "transform_input"):
+                    inner = first.method in INNER_GATED or hasattr(module, "transform_input")
+                    if inner:
                         widths = torch.tensor([max(1, s.size - s.start) for s in group])
                         self._targets.append((module, torch.repeat_interleave(
                             torch.tensor([s.index for s in group]), widths)))
-                    else:
+                    if first.method in OUTPUT_GATED and (first.method != "ia3" or not inner):
                         self._hooks.append(module.register_forward_hook(self._output_gate(first.index)))
         self._hooks.append(handle.model.register_forward_pre_hook(self._open))
 
@@ -158,7 +164,8 @@ def build_supernet(model: nn.Module, arch: ModelArch, space: SearchSpace, budget
     slices = candidates(space, arch)
     unsupported = sorted({s.method for s in slices} - set(GATED_METHODS))
     if unsupported:
-        raise UserError(f"--strategy oneshot: the supernet gates {', '.join(GATED_METHODS)} so far; space "
+        # soft prompts: a virtual token's opening would have to reach every layer's attention mask
+        raise UserError(f"--strategy oneshot: the supernet gates {', '.join(GATED_METHODS)}; space "
                         f"'{space.name}' also offers {', '.join(unsupported)}: use a space without them")
     handle = inject(model, supernet_plan(slices), arch, train_head=train_head)
     return Supernet(handle, slices, budget)

@@ -30,6 +30,7 @@ Families whose eager attention upcasts softmax itself (Llama) keep doing so.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -107,7 +108,7 @@ def _with_prefix(inner: str) -> Callable:
             prefix_key, prefix_value = prefix.key_value(attention_mask)
             key, value, attention_mask = extend_with_prefix(
                 prefix_key, prefix_value, query, key, value, attention_mask,
-                causal=bool(getattr(module, "is_causal", False)),
+                causal=bool(getattr(module, "is_causal", False)), prefix_gate=getattr(prefix, "inner_gate", None),
             )
             kwargs.pop("is_causal", None)
         output, weights = base(module, query, key, value, attention_mask, **kwargs)  # output (B, T, h, d)
@@ -116,8 +117,13 @@ def _with_prefix(inner: str) -> Callable:
     return attention
 
 
-def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_mask, causal: bool):
-    """Prepend prefix keys/values (H_kv, P, D) or (B, H_kv, P, D) and extend the mask; see the module docstring."""
+def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_mask, causal: bool,
+                       prefix_gate: torch.Tensor | None = None):
+    """Prepend prefix keys/values (H_kv, P, D) or (B, H_kv, P, D) and extend the mask; see the module docstring.
+
+    ``prefix_gate`` (P,) in [0, 1] (a one-shot supernet's openings, :mod:`autopeft.oneshot.supernet`) weighs
+    each prefix position's attention by its opening: ``log g_j`` is added to its scores, so position ``j``
+    gets ``g_j exp(s_j) / (sum_k g_k exp(s_k) + ...)``: 1 is the plain prefix, 0 removes the position."""
     batch, _, q_len, _ = query.shape
     length = prefix_key.shape[-2]
     pk = prefix_key.to(key.dtype).expand(batch, -1, -1, -1)  # (B, H_kv, P, D)
@@ -127,16 +133,36 @@ def extend_with_prefix(prefix_key, prefix_value, query, key, value, attention_ma
     kv_len = key.shape[2] - length
     if attention_mask is None:
         if not (causal and q_len > 1):
-            return key, value, None
+            return key, value, None if prefix_gate is None else _gated_mask(prefix_gate, None, query, kv_len)
         # query i (of the last q_len positions) sees key j iff j <= i + (kv_len - q_len)
         rows = torch.arange(q_len, device=query.device).unsqueeze(1) + (kv_len - q_len)
         cols = torch.arange(kv_len, device=query.device).unsqueeze(0)
         attention_mask = (cols <= rows)[None, None]  # (1, 1, T, S)
+    if prefix_gate is not None:
+        return key, value, _gated_mask(prefix_gate, attention_mask, query, kv_len)
     visible_value = True if attention_mask.dtype == torch.bool else 0.0
     visible = torch.full(
         (*attention_mask.shape[:-1], length), visible_value, dtype=attention_mask.dtype, device=attention_mask.device
     )
     return key, value, torch.cat([visible, attention_mask], dim=-1)
+
+
+def _gated_mask(gate: torch.Tensor, attention_mask: torch.Tensor | None, query: torch.Tensor,
+                kv_len: int) -> torch.Tensor:
+    """An additive mask: ``log gate`` over the prefix positions, the original mask over the rest."""
+    dtype = attention_mask.dtype if attention_mask is not None and attention_mask.is_floating_point() \
+        else query.dtype
+    if attention_mask is None:
+        rest = torch.zeros((1, 1, 1, kv_len), dtype=dtype, device=query.device)
+    elif attention_mask.dtype == torch.bool:
+        rest = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device)
+        rest = rest.masked_fill(~attention_mask, torch.finfo(dtype).min)
+    else:
+        rest = attention_mask
+    # exactly -inf where closed (no gradient flows there), log g elsewhere
+    log_gate = torch.where(gate > 0, gate.clamp(min=1e-30).log(), torch.full_like(gate, -math.inf))
+    prefix = log_gate.to(dtype=dtype, device=query.device).expand(*rest.shape[:-1], -1)
+    return torch.cat([prefix, rest], dim=-1)
 
 
 def real_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

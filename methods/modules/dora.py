@@ -36,10 +36,21 @@ class DoRADelta(nn.Module):
         with torch.no_grad():
             self.magnitude.copy_(weight.float().norm(dim=1))
 
+    # One-shot supernet (autopeft.oneshot.supernet): the (r,) openings of the rank dimensions, held by the
+    # inner LoRA (whose update then reads s B diag(g) A x); the merged weight below uses the same gated A.
+    @property
+    def inner_gate(self) -> torch.Tensor | None:
+        return self.lora.inner_gate
+
+    @inner_gate.setter
+    def inner_gate(self, value: torch.Tensor | None) -> None:
+        self.lora.inner_gate = value
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         weight, bias = site_weight(self._base[0], self._site)
         lora = self.lora
-        merged = weight.float() + lora.scaling * (lora.lora_B @ lora.lora_A)  # (d_out, d_in)
+        a = lora.lora_A if lora.inner_gate is None else lora.lora_A * lora.inner_gate[:, None]
+        merged = weight.float() + lora.scaling * (lora.lora_B @ a)  # (d_out, d_in)
         scale = self.magnitude / merged.norm(dim=1).detach()  # (d_out,)
         without_bias = y.float() - (bias.float() if bias is not None else 0.0)
         out = scale * (without_bias + lora(x, torch.zeros_like(without_bias)))

@@ -12,6 +12,10 @@ from autopeft.peft.unpad import active_packing
 
 
 class PrefixKV(nn.Module):
+    # One-shot supernet (autopeft.oneshot.supernet): when set, a (P,) tensor in [0, 1], each prefix
+    # position's opening, which the attention adds to its scores as log g (autopeft.peft.attention)
+    inner_gate: torch.Tensor | None = None
+
     def __init__(self, arch: ModelArch, length: int, reparam_hidden: int = 0, gated: bool = False) -> None:
         super().__init__()
         self.shape = (arch.num_kv_heads, length, arch.head_dim)
