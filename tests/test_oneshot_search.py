@@ -14,7 +14,8 @@ def _args(assets, out, *extra):
             "--max-steps", "20", "--min-steps", "20", "--seeds", "1", *extra]
 
 
-def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_without_retraining(tiny_search_assets, tmp_path):
+def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_without_retraining(tiny_search_assets, tmp_path,
+                                                                                           capsys):
     out = tmp_path / "study"
     args = _args(tiny_search_assets, out, "--trials", "50", "--strategy", "oneshot", "--readouts", "4")
     assert main(args) == 0
@@ -37,6 +38,18 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
     assert main(["report", str(out)]) == 0  # the report shows every readout beside its verified metric
     page = (out / "report.html").read_text()
     assert "One-shot supernet" in page and page.count("ranking of the candidates") == 1
+    assert "Units kept at each readout budget" in page
+    records = json.loads((out / "oneshot" / "readouts.json").read_text())["readouts"]
+    for record in records:
+        # the grid's cells are the readout's plan: each kept unit (here one layer and site) at its rank
+        placed = sorted((f'L{layer}.{site}', f'{e["method"]} {e["options"]["r"]}') for e in record["plan"]["entries"]
+                        for layer in e["layers"] for site in e["sites"])
+        assert sorted((unit.split(".", 1)[1], kept) for unit, kept in record["kept"].items()) == placed
+    capsys.readouterr()
+    assert main(["show", str(out), "--readouts"]) == 0
+    shown = capsys.readouterr().out
+    assert "Units the supernet kept" in shown
+    assert all(kept in shown for record in records for kept in record["kept"].values())
 
     assert main(args) == 0  # resumed: the study is finished, the supernet is not trained again
     assert len(pd.read_csv(out / "trials.csv")) == len(trials)
@@ -54,6 +67,8 @@ def test_oneshot_then_bayes_enqueues_the_readouts_first(tiny_search_assets, tmp_
 
 
 def test_oneshot_option_mistakes_are_one_line_errors(tiny_search_assets, tmp_path, capsys):
+    assert main(["show", str(tmp_path), "--readouts"]) == 2  # no one-shot study there
+    assert "has no one-shot readouts" in capsys.readouterr().err
     assert main(_args(tiny_search_assets, tmp_path / "a", "--strategy", "oneshot", "--readouts", "0")) == 2
     assert "--readouts must be >= 1" in capsys.readouterr().err
     assert main(_args(tiny_search_assets, tmp_path / "b", "--strategy", "oneshot", "--space", "sappa")) == 2

@@ -27,6 +27,7 @@ from typing import Any
 
 from autopeft.core.units import format_bytes, format_count
 from autopeft.peft.plan import Plan
+from autopeft.report.readout_grid import load_readouts, readout_grid
 from autopeft.searching.uplift import describe_comparison
 from autopeft.study.layout import StudyLayout
 from autopeft.study.view import StudyView, TrialView, load_optuna_study
@@ -160,10 +161,9 @@ def _best_section(view: StudyView, work: Path) -> str:
 def _oneshot_section(view: StudyView) -> list[str]:
     """--strategy oneshot*: each readout's budget and plan beside its verified (really trained) metric, and
     the supernet's ranking of the candidates (the order every readout cuts)."""
-    path = view.layout.oneshot_dir / "readouts.json"
-    if not path.is_file():
+    record = load_readouts(view.layout.oneshot_dir)
+    if record is None:
         return []
-    record = json.loads(path.read_text())
     verified = {t.attrs["oneshot_readout"]: t for t in view.trials if "oneshot_readout" in t.attrs}
     rows = []
     for index, readout in enumerate(record["readouts"]):
@@ -173,12 +173,16 @@ def _oneshot_section(view: StudyView) -> list[str]:
                      "-" if predicted is None else f"{predicted:.4f}", trial.number if trial else "-",
                      _metric_text(trial) if trial else "-", Plan.from_dict(readout["plan"]).describe()])
     ranking = record.get("ranking", [])[:30]
+    grid_header, grid_rows = readout_grid(record)
+    grid = (["<p>Units kept at each readout budget (method and size; blank = left out):</p>",
+             _table(grid_header, grid_rows, numeric={1, 2})] if len(grid_header) > 3 else [])
     return ["<h2>One-shot supernet</h2>",
             f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; each '
             "readout is the ranking below cut at its budget, evaluated inside the supernet with only its candidates "
             "open (the weight-sharing prediction), then trained as an ordinary trial (the verified metric).</p>",
             _table(["readout", "budget", "params", "in the supernet", "trial", f"validation {view.metric}", "plan"],
                    rows, numeric={1, 2, 3}),
+            *grid,
             "<details><summary>ranking of the candidates (best first)</summary>",
             _table(["unit", "method", "dims", "params", "score"],
                    [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),

@@ -21,7 +21,7 @@ from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.core.units import format_bytes
 from autopeft.oneshot.candidates import candidates
-from autopeft.oneshot.run import train_supernet
+from autopeft.oneshot.run import kept_units, train_supernet
 from autopeft.oneshot.supernet import supernet_plan
 from autopeft.searching.context import SearchContext
 from autopeft.searching.objectives import estimate_memory
@@ -59,8 +59,10 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
         reporter.info(f"one-shot readout {index}: {readout.params:,} params, supernet validation "
                       f"{readout.supernet_metric:.4f}: {readout.sample.plan().describe(ctx.arch)}")
     record = {"steps": config.steps, "seconds": round(result.seconds, 1), "train_loss": result.train_loss,
+              "units": list(dict.fromkeys(s.unit for s in result.slices)),
               "readouts": [{"budget": round(r.budget), "params": r.params, "supernet_metric": r.supernet_metric,
-                            "plan": r.sample.plan().to_dict()} for r in plans]}
+                            "kept": kept_units(result.slices, r.slices), "plan": r.sample.plan().to_dict()}
+                           for r in plans]}
     ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
     (directory / "readouts.json").write_text(json.dumps({
         **record,
