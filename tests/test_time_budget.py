@@ -11,7 +11,12 @@ import optuna
 import pytest
 
 from autopeft.cli.main import main
-from autopeft.searching.bookkeeping import final_stage_seconds, full_fidelity_seconds, out_of_time
+from autopeft.searching.bookkeeping import (
+    final_stage_seconds,
+    full_fidelity_seconds,
+    joiners_fit,
+    out_of_time,
+)
 from autopeft.searching.objectives import Objectives
 from autopeft.searching.settings import SearchSettings
 from autopeft.testing import TINY_SPACE, tiny_csv, tiny_model_dir
@@ -43,6 +48,38 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     assert not out_of_time(study, objectives, settings, started=0.0, now=79.0)  # 79 + 20 + 100 <= 200
     assert out_of_time(study, objectives, settings, started=0.0, now=81.0)
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
+
+
+def test_plans_join_the_finalists_only_while_their_retraining_fits_the_budget():
+    study = _study_with_complete_trials([10.0, 30.0, 20.0])  # a full-fidelity training: 20 s
+    settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
+    # one joiner: its seeds 2..3 over 2 workers' threads (1 round), then the baseline's own seed (1): 40 s
+    assert joiners_fit(study, settings, 1, now=60.0, deadline=100.0)
+    assert not joiners_fit(study, settings, 1, now=61.0, deadline=100.0)
+    assert not joiners_fit(study, settings, 2, now=60.0, deadline=100.0)  # 3 rounds: 60 s
+    assert joiners_fit(study, replace(settings, baselines=()), 2, now=60.0, deadline=100.0)
+    assert joiners_fit(study, settings, 5, now=10.0**9, deadline=None)  # no --time-budget
+
+
+@pytest.mark.slow
+def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, monkeypatch, capsys):
+    """The finalist's seeds average far below its own run (patched): the next front plan would join on
+    seed means, but the clock says no; the pick stays among the retrained plans, never a single lucky run."""
+    from autopeft.searching import final_stage
+
+    monkeypatch.setattr(final_stage, "joiners_fit", lambda *args: False)
+    monkeypatch.setattr(final_stage, "retrain", lambda ctx, study, trial, reporter: {
+        "seeds": [trial.user_attrs["seed"]], "values": [0.0], "mean": 0.0, "std": 0.0, "steps": 30})
+    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    out = tmp_path / "study"
+    assert main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+                 "--budget", "1.2k", "--batch-size", "8", "--trials", "6", "--max-steps", "30", "--min-steps", "30",
+                 "--seeds", "2", "--finalists", "1", "--workers", "1", "--baselines", "none", "--sampler", "random",
+                 "--out", str(out)]) == 0
+    assert "would join the finalists, but --time-budget leaves no time" in " ".join(capsys.readouterr().err.split())
+    best = json.loads((out / "summary.json").read_text())["best"]
+    assert best["retrain"]["values"] == [0.0]  # the retrained finalist (the patched seeds), not a single run
 
 
 @pytest.mark.slow

@@ -119,8 +119,23 @@ def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: A
     shared = (finalists + (1 if settings.baselines else 0)) * (settings.seeds - 1)
     rounds = math.ceil(shared / workers) + (1 if settings.baselines and settings.seeds > 1 else 0)
     if finalists < front:
-        rounds += math.ceil((settings.seeds - 1) / workers)
+        rounds += joiner_rounds(settings, 1)
     return full_fidelity_seconds(study) * rounds
+
+
+def joiner_rounds(settings: Any, joiners: int) -> int:
+    """Trainings one after another to retrain ``joiners`` plans that join the finalists on seed means:
+    each one's seeds 2..K train in the coordinator with all the workers' threads."""
+    return joiners * math.ceil((settings.seeds - 1) / max(1, settings.workers))
+
+
+def joiners_fit(study: optuna.Study, settings: Any, joiners: int, now: float, deadline: float | None) -> bool:
+    """Whether retraining ``joiners`` more finalists, then the best baseline on the pick's own seed (one
+    training), still ends by ``deadline`` (``--time-budget`` bounds the whole command)."""
+    if deadline is None:
+        return True
+    baseline = 1 if settings.baselines and settings.seeds > 1 else 0
+    return now + full_fidelity_seconds(study) * (joiner_rounds(settings, joiners) + baseline) <= deadline
 
 
 def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, started: float, now: float) -> bool:

@@ -7,7 +7,8 @@ front/ and best/.
    the front is recomputed with every retrained plan scored by its seed mean (and every other trial
    by its own run): a finalist whose seeds average lower may drop out, and a plan it had pushed out
    may become a finalist (and is retrained in turn), until the M best plans of the front are all
-   retrained. That front is the one ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots
+   retrained, or until ``--time-budget`` leaves no time for the next joiners' retrainings (then they
+   stay unretrained and the pick is made among the retrained plans). That front is the one ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots
    and the report show: each point where it is drawn (seed mean if retrained, own run otherwise) and
    the front line agree.
 2. Each finalist is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
-from autopeft.searching.bookkeeping import top_rung_front
+from autopeft.searching.bookkeeping import joiners_fit, top_rung_front
 from autopeft.searching.comparison import best_baseline, compare, standard_errors, test_metrics
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
@@ -200,7 +202,11 @@ def _copy_adapter(source: Path, target: Path, metrics: dict[str, Any]) -> None:
     write_json(target / "metrics.json", metrics)
 
 
-def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter) -> dict[str, Any]:
+def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
+                    deadline: float | None = None) -> dict[str, Any]:
+    """``deadline``: the time (``time.time()``) ``--time-budget`` ends at; plans that would join the
+    finalists on seed means after it are not retrained, and the pick is then among the retrained plans
+    (a plan's own single run must not win against seed means: that is the winner's curse again)."""
     objectives = ctx.objectives
     numbers = top_rung_front(study, objectives)
     if not numbers:
@@ -216,15 +222,23 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter)
                 records[n] = retrain(ctx, study, trials[n], reporter)
         means = {n: r["mean"] for n, r in records.items()}
         chosen_numbers = finalists(ctx, study, means)
-        if set(chosen_numbers) <= set(records):
+        joining = sorted(set(chosen_numbers) - set(records))
+        if not joining:
             break
-        reporter.info(f"final stage: on seed means, trials {sorted(set(chosen_numbers) - set(records))} "
-                      "join the finalists")
+        if not joiners_fit(study, ctx.settings, len(joining), time.time(), deadline):
+            reporter.info(f"final stage: on seed means, trials {joining} would join the finalists, but "
+                          "--time-budget leaves no time to retrain them: the pick is among the retrained plans")
+            break
+        reporter.info(f"final stage: on seed means, trials {joining} join the finalists")
     numbers = top_rung_front(study, objectives, means)
-    front = [{"trial": n, "params": trials[n].user_attrs["params"], "record": records.get(n) or _own_run(trials[n]),
-              "mean": means.get(n, trials[n].values[0]), "std": records[n]["std"] if n in records else None}
-             for n in numbers]
-    chosen = pick(front, ctx.settings.pick, objectives.greater_is_better)
+
+    def entry(n: int) -> dict[str, Any]:
+        return {"trial": n, "params": trials[n].user_attrs["params"], "record": records.get(n) or _own_run(trials[n]),
+                "mean": means.get(n, trials[n].values[0]), "std": records[n]["std"] if n in records else None}
+
+    front = [entry(n) for n in numbers]
+    retrained = [e for e in front if e["trial"] in records] or [entry(n) for n in sorted(records)]
+    chosen = pick(retrained, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
     best_tests = test_metrics(ctx, [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]])
     comparison, baseline_tests = compare(ctx, study, best_trial, best_record, best_tests,

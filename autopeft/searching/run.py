@@ -73,7 +73,8 @@ def _run_locked(settings: SearchSettings, reporter: Reporter) -> SearchResult:
                 study = run_local(ctx, reporter)
             from autopeft.searching.final_stage import run_final_stage
 
-            stage = run_final_stage(ctx, study, reporter)
+            deadline = None if settings.time_budget_s is None else start + settings.time_budget_s
+            stage = run_final_stage(ctx, study, reporter, deadline)
     except KeyboardInterrupt:
         reporter.close()
         reporter.info(f"interrupted: {_interrupted_report(ctx)}; re-run the same command to resume")
