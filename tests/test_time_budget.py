@@ -50,6 +50,29 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
 
 
+def test_the_full_fidelity_estimate_scales_stopped_trials_and_leaves_out_head_only_ones():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def add(params: int, seconds: float, steps: int, stopped: bool) -> None:
+        trial = study.ask()
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("duration_s", seconds)
+        trial.set_user_attr("steps", steps)
+        if stopped:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [0.5, params])
+
+    add(0, 5.0, 90, stopped=False)  # head only: fast, and not what the final stage retrains
+    assert full_fidelity_seconds(study, 90) == 5.0  # the only estimate there is
+    add(100, 10.0, 30, stopped=True)  # stopped at rung 30 of 90 after 10 s: 30 s at full fidelity
+    assert full_fidelity_seconds(study, 90) == 30.0
+    assert full_fidelity_seconds(study) == 5.0  # without the top rung, a stopped trial cannot be scaled
+    add(200, 40.0, 90, stopped=False)
+    add(300, 50.0, 90, stopped=False)
+    assert full_fidelity_seconds(study, 90) == 40.0  # median of 30, 40, 50
+
+
 def test_plans_join_the_finalists_only_while_their_retraining_fits_the_budget():
     study = _study_with_complete_trials([10.0, 30.0, 20.0])  # a full-fidelity training: 20 s
     settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)

@@ -99,10 +99,24 @@ def top_rung_front(study: optuna.Study, objectives: Objectives,
 
 # --- the time budget -------------------------------------------------------------------------------
 
-def full_fidelity_seconds(study: optuna.Study) -> float:
-    """Median wall time of a trial trained to the top rung so far (0 before any)."""
-    durations = sorted(float(t.user_attrs["duration_s"]) for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("duration_s") is not None)
+def full_fidelity_seconds(study: optuna.Study, max_steps: int | None = None) -> float:
+    """Estimated wall time of one full-fidelity training: the median over trained trials of their
+    training time, scaled from the steps they reached to ``max_steps`` (so a trial stopped at a rung
+    counts too, and an estimate exists as soon as any trial has reached the first rung); 0 before any.
+    Trials with adapter modules only, when there are any: a head-only trial skips the backward pass
+    through the model (measured on newsgroups: 115 s against 450 s for an adapter trial, an estimate
+    that let a 20-minute search start a 7.5-minute trial it had no time for)."""
+    estimates: list[tuple[bool, float]] = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        seconds, steps = t.user_attrs.get("duration_s"), t.user_attrs.get("steps")
+        if seconds is None:
+            continue
+        if t.state == TrialState.PRUNED:  # stopped at a rung (an infeasible plan has no duration)
+            if not steps or max_steps is None:
+                continue
+            seconds = float(seconds) * max_steps / int(steps)
+        estimates.append((bool(t.user_attrs.get("params")), float(seconds)))
+    durations = sorted([s for adapter, s in estimates if adapter] or [s for _, s in estimates])
     return durations[len(durations) // 2] if durations else 0.0
 
 
@@ -120,7 +134,7 @@ def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: A
     rounds = math.ceil(shared / workers) + (1 if settings.baselines and settings.seeds > 1 else 0)
     if finalists < front:
         rounds += joiner_rounds(settings, 1)
-    return full_fidelity_seconds(study) * rounds
+    return full_fidelity_seconds(study, settings.max_steps) * rounds
 
 
 def joiner_rounds(settings: Any, joiners: int) -> int:
@@ -135,7 +149,7 @@ def joiners_fit(study: optuna.Study, settings: Any, joiners: int, now: float, de
     if deadline is None:
         return True
     baseline = 1 if settings.baselines and settings.seeds > 1 else 0
-    return now + full_fidelity_seconds(study) * (joiner_rounds(settings, joiners) + baseline) <= deadline
+    return now + full_fidelity_seconds(study, settings.max_steps) * (joiner_rounds(settings, joiners) + baseline) <= deadline
 
 
 def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, started: float, now: float) -> bool:
@@ -143,5 +157,5 @@ def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, star
     starts only if it (at the median full-fidelity duration) and the final stage still fit in the budget."""
     if settings.time_budget_s is None:
         return False
-    needed = full_fidelity_seconds(study) + final_stage_seconds(study, objectives, settings)
+    needed = full_fidelity_seconds(study, settings.max_steps) + final_stage_seconds(study, objectives, settings)
     return now - started + needed > settings.time_budget_s
