@@ -176,3 +176,38 @@ decisions:
 """, "prompt.yaml", "prompt")
     with pytest.raises(UserError, match="also offers prompt: use a space without them"):
         build_supernet(session.model, session.arch, space, budget=1000)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive", "causal"])
+def test_a_prefix_position_with_opening_g_gets_g_times_its_attention_weight(mask_kind):
+    """The supernet's prefix gate: softmax over [log g_j + s_j (prefix), s_k + mask_k (tokens)], i.e.
+    weights proportional to g_j exp(s_j); g = 1 is the plain prefix, g = 0 removes the position."""
+    from autopeft.peft.attention import extend_with_prefix
+
+    g = torch.Generator().manual_seed(0)
+    batch, heads, length, tokens, dim = 2, 2, 3, 4, 8
+    query, key, value = (torch.randn(batch, heads, tokens, dim, generator=g) for _ in range(3))
+    prefix_key, prefix_value = (torch.randn(heads, length, dim, generator=g) for _ in range(2))
+    padding = torch.tensor([[True] * tokens, [True] * (tokens - 1) + [False]])[:, None, None, :]  # (B, 1, 1, T)
+    mask = {"none": None, "causal": None, "bool": padding,
+            "additive": torch.zeros(padding.shape).masked_fill(~padding, torch.finfo(torch.float32).min)}[mask_kind]
+    gate = torch.tensor([1.0, 0.5, 0.0])
+    full_key, full_value, gated = extend_with_prefix(prefix_key, prefix_value, query, key, value, mask,
+                                                     causal=mask_kind == "causal", prefix_gate=gate)
+    out = torch.nn.functional.scaled_dot_product_attention(query, full_key, full_value, attn_mask=gated)
+
+    scores = query @ full_key.transpose(-1, -2) / dim ** 0.5  # (B, H, T, P + T)
+    weight = torch.cat([gate.expand(batch, heads, tokens, length), torch.ones(batch, heads, tokens, tokens)], -1)
+    if mask_kind in ("bool", "additive"):
+        weight[..., length:] *= padding.float()
+    if mask_kind == "causal":
+        weight[..., length:] *= torch.ones(tokens, tokens).tril()
+    expected = weight * scores.exp()
+    expected = (expected / expected.sum(-1, keepdim=True)) @ full_value
+    assert torch.allclose(out, expected, atol=1e-5)
+    _, _, plain = extend_with_prefix(prefix_key, prefix_value, query, key, value, mask, causal=mask_kind == "causal",
+                                     prefix_gate=torch.ones(length))
+    _, _, ungated = extend_with_prefix(prefix_key, prefix_value, query, key, value, mask, causal=mask_kind == "causal")
+    reference = torch.nn.functional.scaled_dot_product_attention(query, full_key, full_value, attn_mask=ungated)
+    assert torch.allclose(torch.nn.functional.scaled_dot_product_attention(
+        query, full_key, full_value, attn_mask=plain), reference, atol=1e-6)  # all open = the plain prefix
