@@ -12,6 +12,7 @@ import pytest
 
 from autopeft.cli.main import main
 from autopeft.searching.bookkeeping import (
+    final_stage_overrun,
     final_stage_seconds,
     full_fidelity_seconds,
     joiners_fit,
@@ -48,6 +49,17 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     assert not out_of_time(study, objectives, settings, started=0.0, now=79.0)  # 79 + 20 + 100 <= 200
     assert out_of_time(study, objectives, settings, started=0.0, now=81.0)
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
+
+
+def test_a_final_stage_that_cannot_fit_is_announced_with_what_would_fit():
+    objectives = Objectives(("metric", "params"), greater_is_better=True)
+    study = _study_with_complete_trials([10.0, 30.0, 20.0])  # 20 s per training; final stage 100 s (above)
+    settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
+    assert final_stage_overrun(study, objectives, settings, started=0.0, now=150.0) is None  # 50 s late: noise
+    message = final_stage_overrun(study, objectives, settings, started=0.0, now=230.0)  # 130 s late
+    assert message is not None and "the command will end about 2 min after --time-budget" in message
+    assert "--seeds 2" in message
+    assert final_stage_overrun(study, objectives, replace(settings, time_budget_s=None), 0.0, 10.0**9) is None
 
 
 def test_the_full_fidelity_estimate_scales_stopped_trials_and_leaves_out_head_only_ones():

@@ -31,6 +31,7 @@ from autopeft.core.faults import environment_error
 from autopeft.peft.artifacts import save_adapter
 from autopeft.searching.bookkeeping import (
     counted,
+    final_stage_overrun,
     out_of_time,
     record_complete,
     record_failed,
@@ -111,6 +112,10 @@ class Worker:
                         self.stop_announced = True
                         self.reporter.info("time budget reached (the final stage's share kept): no new trials "
                                            "are started")
+                        late = final_stage_overrun(self.study, self.ctx.objectives, settings, self.started,
+                                                   time.time())
+                        if late:
+                            self.reporter.info(late)
                     if self.wait_for_others and self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                         time.sleep(POLL_S)
                         continue

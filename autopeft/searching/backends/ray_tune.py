@@ -36,6 +36,7 @@ from autopeft.core.errors import UserError
 from autopeft.searching.backends.local import STARTED_ATTR, prepare_study
 from autopeft.searching.bookkeeping import (
     counted,
+    final_stage_overrun,
     out_of_time,
     record_complete,
     record_failed,
@@ -79,6 +80,9 @@ class AutopeftOptunaSearch(OptunaSearch):
         if interrupted is None and out_of_time(self._ot_study, self.ctx.objectives, settings, self.started,
                                                time.time()):
             self.reporter.info("time budget reached: no new trials are started")
+            late = final_stage_overrun(self._ot_study, self.ctx.objectives, settings, self.started, time.time())
+            if late:
+                self.reporter.info(late)
             return Searcher.FINISHED
         trial = interrupted
         while True:
