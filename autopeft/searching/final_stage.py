@@ -8,9 +8,9 @@ front/ and best/.
    by its own run): a finalist whose seeds average lower may drop out, and a plan it had pushed out
    may become a finalist (and is retrained in turn), until the M best plans of the front are all
    retrained, or until ``--time-budget`` leaves no time for the next joiners' retrainings (then they
-   stay unretrained and the pick is made among the retrained plans). That front is the one ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots
-   and the report show: each point where it is drawn (seed mean if retrained, own run otherwise) and
-   the front line agree.
+   stay unretrained and the pick is made among the retrained plans). That front is the one
+   ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots and the report show: each point
+   where it is drawn (seed mean if retrained, own run otherwise) and the front line agree.
 2. Each finalist is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
    (a resumed or promoted run is bitwise the uninterrupted one, so it is not trained again); seeds
    2..K are ``--seed + 1000003 * k``, **the same for every plan** (common random numbers: the
