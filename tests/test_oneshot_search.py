@@ -2,6 +2,7 @@
 
 import json
 
+import optuna
 import pandas as pd
 
 from autopeft.cli.main import main
@@ -53,6 +54,23 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
 
     assert main(args) == 0  # resumed: the study is finished, the supernet is not trained again
     assert len(pd.read_csv(out / "trials.csv")) == len(trials)
+
+
+def test_readouts_are_verified_at_the_supernets_learning_rate_when_the_space_contains_it(tiny_search_assets,
+                                                                                      tmp_path):
+    from autopeft.searching.oneshot_stage import readout_training
+    from autopeft.space import load_space
+    from autopeft.training.config import TrainConfig
+
+    compact = load_space("compact")  # lr searched in [5e-4, 3e-3]
+    assert readout_training(compact, TrainConfig(lr=1e-3)) == {"lr": 1e-3}
+    assert readout_training(compact, TrainConfig(lr=1e-2)) == {}  # outside the range: the sampler's choice
+    out = tmp_path / "study"
+    assert main(_args(tiny_search_assets, out, "--trials", "50", "--strategy", "oneshot", "--readouts", "2",
+                      "--lr", "0.01")) == 0  # inside the tiny space's [5e-3, 3e-2]
+    study = optuna.load_study(study_name="autopeft", storage=f"sqlite:///{out / 'study.db'}")
+    readouts = [t for t in study.trials if "oneshot_readout" in t.user_attrs]
+    assert readouts and all(t.params["training.lr"] == 0.01 for t in readouts)
 
 
 def test_oneshot_then_bayes_enqueues_the_readouts_first(tiny_search_assets, tmp_path):
