@@ -105,6 +105,17 @@ def _unit_slices(decision: Decision, unit: Unit, arch: ModelArch, first: int) ->
 def sample_of(space: SearchSpace, arch: ModelArch, slices: list[Slice], kept: list[int]) -> Sample:
     """The point of ``space`` that keeps ``kept`` (a readout): per unit, its method at the largest kept
     slice's size, or nothing. Training values are left to the sampler (as for the warm start)."""
+    largest = largest_kept(slices, kept)
+    choices = []
+    for decision, unit in space.units(arch):
+        name = f"{decision.name}.{unit.name}"
+        choices.append(largest[name].choice() if name in largest
+                       else UnitChoice(name, decision, unit.layers, unit.sites, NONE, {}))
+    return Sample(tuple(choices), {}, {})
+
+
+def largest_kept(slices: list[Slice], kept: list[int] | tuple[int, ...]) -> dict[str, Slice]:
+    """Per unit, the largest of its kept slices (which names its method and size); one method per unit."""
     largest: dict[str, Slice] = {}
     for i in kept:
         s = slices[i]
@@ -112,9 +123,9 @@ def sample_of(space: SearchSpace, arch: ModelArch, slices: list[Slice], kept: li
             raise ValueError(f"{s.unit}: two methods kept ({largest[s.unit].method}, {s.method})")
         if s.unit not in largest or s.size > largest[s.unit].size:
             largest[s.unit] = s
-    choices = []
-    for decision, unit in space.units(arch):
-        name = f"{decision.name}.{unit.name}"
-        choices.append(largest[name].choice() if name in largest
-                       else UnitChoice(name, decision, unit.layers, unit.sites, NONE, {}))
-    return Sample(tuple(choices), {}, {})
+    return largest
+
+
+def kept_units(slices: list[Slice], kept: list[int] | tuple[int, ...]) -> dict[str, str]:
+    """What a readout keeps, unit by unit: ``{"lora.q": "lora 4", ...}`` (units it leaves out are absent)."""
+    return {unit: f"{s.method} {s.size}" if s.size else s.method for unit, s in largest_kept(slices, kept).items()}

@@ -37,17 +37,6 @@ class Readout:
     supernet_metric: float | None = None  # validation metric of the supernet with only these slices open
 
 
-def kept_units(slices: list[Slice], kept: tuple[int, ...]) -> dict[str, str]:
-    """What a readout keeps, unit by unit: ``{"lora.q": "lora 4", ...}`` (the method at its largest kept
-    slice's size; units it leaves out are absent)."""
-    largest: dict[str, Slice] = {}
-    for i in kept:
-        s = slices[i]
-        if s.unit not in largest or s.size > largest[s.unit].size:
-            largest[s.unit] = s
-    return {unit: f"{s.method} {s.size}" if s.size else s.method for unit, s in largest.items()}
-
-
 @dataclass(frozen=True)
 class SupernetResult:
     slices: list[Slice]

@@ -77,12 +77,12 @@ class Supernet:
             for layer in first.layers:
                 for site in first.sites:
                     module = handle.modules[f"layers.{layer}.{site}.{first.method}"]
-                    inner = first.method in INNER_GATED or hasattr(module, "transform_input")
-                    if inner:
+                    scales_input = hasattr(module, "transform_input")  # (IA)^3 on a down projection
+                    if first.method in INNER_GATED or scales_input:
                         widths = torch.tensor([max(1, s.size - s.start) for s in group])
                         self._targets.append((module, torch.repeat_interleave(
                             torch.tensor([s.index for s in group]), widths)))
-                    if first.method in OUTPUT_GATED and (first.method != "ia3" or not inner):
+                    if first.method in OUTPUT_GATED and not scales_input:
                         self._hooks.append(module.register_forward_hook(self._output_gate(first.index)))
         self._hooks.append(handle.model.register_forward_pre_hook(self._open))
 

@@ -20,8 +20,8 @@ import optuna
 from autopeft.core.choices import TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.core.units import format_bytes
-from autopeft.oneshot.candidates import candidates
-from autopeft.oneshot.run import kept_units, train_supernet
+from autopeft.oneshot.candidates import candidates, kept_units
+from autopeft.oneshot.run import train_supernet
 from autopeft.oneshot.supernet import supernet_plan
 from autopeft.searching.context import SearchContext
 from autopeft.searching.objectives import estimate_memory
