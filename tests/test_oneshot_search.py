@@ -4,6 +4,7 @@ import json
 
 import optuna
 import pandas as pd
+import pytest
 
 from autopeft.cli.main import main
 
@@ -109,3 +110,32 @@ def test_a_supernet_over_the_memory_cap_is_refused_before_training(tiny_search_a
     code = main(_args(tiny_search_assets, tmp_path / "m", "--strategy", "oneshot", "--memory", f"{needed - 1}B"))
     assert code == 2 and "the supernet's training step needs" in capsys.readouterr().err
     assert not (tmp_path / "m" / "oneshot" / "supernet.safetensors").exists()  # refused before training
+
+
+def test_a_subnets_supernet_enqueues_its_measured_best_subnetworks_and_reports_them(tiny_search_assets, tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "study"
+    args = _args(tiny_search_assets, out, "--trials", "50", "--strategy", "oneshot", "--readouts", "3",
+                 "--supernet", "subnets")
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    recorded = summary["oneshot"]["readouts"]
+    assert summary["oneshot"]["training"] == "subnets" and 1 <= len(recorded) <= 3
+    saved = json.loads((out / "oneshot" / "readouts.json").read_text())
+    assert "ranking" not in saved  # the gates learned nothing: no ranking to show
+    measured = saved["measured"]
+    assert len(measured) > len(recorded)
+    assert [m["supernet_metric"] for m in measured] == sorted((m["supernet_metric"] for m in measured), reverse=True)
+    for record in recorded:  # each readout is one of the measured sub-networks, within its budget
+        assert {"params": record["params"], "supernet_metric": record["supernet_metric"],
+                "kept": record["kept"]} in measured
+        assert record["params"] <= record["budget"] <= summary["budget_params"]
+    trials = pd.read_csv(out / "trials.csv")
+    assert int(trials.readout.notna().sum()) == len(recorded)
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "sub-networks measured inside the supernet" in page and "ranking of the candidates" not in page
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argparse names the option and its choices
+        main(_args(tiny_search_assets, tmp_path / "x", "--strategy", "oneshot", "--supernet", "soft"))
+    assert exc.value.code == 2 and "--supernet: invalid choice: 'soft'" in capsys.readouterr().err

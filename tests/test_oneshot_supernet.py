@@ -81,11 +81,15 @@ def test_open_gates_are_the_full_supernet_plan_and_closed_gates_the_base(family,
     assert torch.equal(_logits(session, batch), base)
 
 
-def _train(session, space, budget, steps, stop_at=None, checkpoint=None):
-    """A supernet trained by the ordinary TrialRun (as a trial's plan is), to ``stop_at`` or the end."""
+def _train(session, space, budget, steps, stop_at=None, checkpoint=None, training="gates", seen=None):
+    """A supernet trained by the ordinary TrialRun (as a trial's plan is), to ``stop_at`` or the end;
+    ``seen`` collects each training forward's openings."""
     torch.manual_seed(0)  # as start_run: the seed, the head, then the injected modules' init
     session.reset_head(0)
-    supernet = build_supernet(session.model, session.arch, space, budget)
+    supernet = build_supernet(session.model, session.arch, space, budget, training=training)
+    if seen is not None:
+        supernet._hooks.append(session.model.register_forward_hook(
+            lambda m, a, o: seen.append(supernet._p.clone()) if m.training else None))
     config = TrainConfig(steps=steps, batch_size=8, lr=1e-2, seed=0, prefix_cache="off")
     run = TrialRun(session, supernet, config)
     if checkpoint is not None:
@@ -128,6 +132,32 @@ def test_training_moves_the_scores_under_the_budget_resumes_bitwise_and_restores
     for name, value in before.items():
         if name not in head:
             assert torch.equal(after[name], value), name
+
+
+def test_a_subnets_supernet_trains_one_hard_subnetwork_per_step_and_resumes_bitwise(tmp_path):
+    session = toy_session("bert")
+    space = load_space("compact")
+    budget = 0.3 * sum(s.cost for s in candidates(space, session.arch))
+    seen: list[torch.Tensor] = []
+    run, supernet = _train(session, space, budget, steps=6, training="subnets", seen=seen)
+    assert len(seen) == 6
+    for p in seen:
+        assert set(p.unique().tolist()) <= {0.0, 1.0}  # hard: a slice is in or out
+        assert float((p.double() * supernet.gates.costs).sum()) <= budget
+    assert len({tuple(p.tolist()) for p in seen}) > 1  # a different sub-network across steps
+    assert torch.equal(supernet.gates.raw.detach(), torch.zeros_like(supernet.gates.raw))  # gates untouched
+    assert SCORES_KEY not in dict(supernet.trainable_parameters())
+    whole = run.state()
+    run.close()
+    first, _ = _train(session, space, budget, steps=6, stop_at=3, training="subnets")
+    first.checkpoint().save(tmp_path / "ckpt.safetensors")
+    first.close()
+    resumed, _ = _train(session, space, budget, steps=6, training="subnets",
+                        checkpoint=Checkpoint.load(tmp_path / "ckpt.safetensors"))
+    again = resumed.state()
+    resumed.close()
+    for key, value in whole.items():
+        assert torch.equal(again[key], value), key
 
 
 class Killed(Exception):

@@ -32,6 +32,12 @@ OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 Quantization = Literal["none", "nf4", "fp4", "int8"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
+#: how a one-shot supernet trains: ``gates``, every slice open as far as its learned gate says (expected
+#: cost = budget, S3Delta); ``subnets``, one random hard sub-network within the budget per step, the
+#: readouts then chosen by comparing sub-networks inside the trained supernet (autopeft.oneshot)
+SupernetTraining = Literal["gates", "subnets"]
+SUPERNET_TRAININGS: tuple[str, ...] = get_args(SupernetTraining)
+
 
 class TrialStatus(str, Enum):
     """What became of a trial (Optuna user attribute ``status``; finer than Optuna's own states).

@@ -9,14 +9,16 @@ distinct plans (each a point of the space, as a :class:`~autopeft.space.model.Sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from autopeft.core.choices import SupernetTraining
 from autopeft.oneshot.candidates import Slice, sample_of
 from autopeft.oneshot.gates import SliceSpec, readout
+from autopeft.oneshot.subnets import filled_subnet
 from autopeft.oneshot.supernet import Supernet, build_supernet
 from autopeft.space.model import Sample
 from autopeft.space.search_space import SearchSpace
@@ -26,6 +28,7 @@ from autopeft.training.trial_run import Checkpoint, TrialRun
 
 DEFAULT_READOUTS = 8
 CHECKPOINT_EVERY = 50  # steps between supernet checkpoints (a killed run resumes from the last one)
+PROXY_CANDIDATES = 8  # subnets training: random sub-networks compared inside the supernet per readout budget
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class SupernetResult:
     scores: list[float]  # effective score per slice: the ranking every readout cuts
     train_loss: float
     seconds: float
+    # validation metric inside the trained supernet of each sub-network asked for (``probes``)
+    probes: dict[tuple[int, ...], float] = field(default_factory=dict)
 
 
 def readout_budgets(slices: list[Slice], budget: float, k: int) -> list[float]:
@@ -72,14 +77,16 @@ def readouts(space: SearchSpace, session: Session, result: SupernetResult, budge
 
 def train_supernet(session: Session, space: SearchSpace, budget: float, config: TrainConfig,
                    checkpoint_path: Path | None = None, progress: Callable[[int, float], None] | None = None,
-                   readouts_k: int = 0) -> tuple[SupernetResult, list[Readout]]:
+                   readouts_k: int = 0, training: SupernetTraining = "gates",
+                   probes: Sequence[tuple[int, ...]] = ()) -> tuple[SupernetResult, list[Readout]]:
     """One training run of the supernet (resumed from ``checkpoint_path`` when it holds a checkpoint), and
     its ``readouts_k`` readouts, each evaluated inside the trained supernet with only its slices open (the
-    weight-sharing prediction that real training of the readout then verifies)."""
+    weight-sharing prediction that real training of the readout then verifies); ``probes``: more
+    sub-networks (kept slices) to evaluate that way, in ``result.probes``."""
     torch.manual_seed(config.seed)  # as start_run: the seed, the head, then the injected modules' init
     session.reset_head(config.seed)
     supernet: Supernet = build_supernet(session.model, session.arch, space, budget,
-                                        train_head=session.task == "classification")
+                                        train_head=session.task == "classification", training=training)
     with TrialRun(session, supernet, config) as run:
         if checkpoint_path is not None and checkpoint_path.is_file():
             run.restore(Checkpoint.load(checkpoint_path))
@@ -88,10 +95,50 @@ def train_supernet(session: Session, space: SearchSpace, budget: float, config: 
             if checkpoint_path is not None:
                 run.checkpoint().save(checkpoint_path)  # atomic (temporary file + rename)
         result = SupernetResult(supernet.slices, supernet.gates.effective_scores(), run.train_loss,
-                                run.train_seconds)
-        predicted = []
-        for plan in readouts(space, session, result, budget, readouts_k) if readouts_k else []:
-            supernet.fixed_openings = torch.zeros_like(supernet.gates.raw)
-            supernet.fixed_openings[list(plan.slices)] = 1.0
-            predicted.append(replace(plan, supernet_metric=run.evaluate("validation").value))
-        return result, predicted
+                                run.train_seconds, {kept: subnet_metric(run, supernet, kept) for kept in probes})
+        if not readouts_k:
+            return result, []
+        if training == "subnets":
+            return result, proxy_readouts(space, session, run, supernet, result, budget, readouts_k, config.seed)
+        return result, [replace(plan, supernet_metric=subnet_metric(run, supernet, plan.slices))
+                        for plan in readouts(space, session, result, budget, readouts_k)]
+
+
+def proxy_readouts(space: SearchSpace, session: Session, run: TrialRun, supernet: Supernet, result: SupernetResult,
+                   budget: float, k: int, seed: int, per_budget: int = PROXY_CANDIDATES) -> list[Readout]:
+    """Readouts of a ``subnets`` supernet, whose gates learned nothing: at each of the ``k`` budgets
+    (smallest first), ``per_budget`` random sub-networks that fill it and the previous budget's winner
+    are evaluated inside the supernet (validation, only their slices open), and the best is the readout.
+    Every evaluated sub-network and its metric land in ``result.probes``."""
+    specs = supernet.gates.slices
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw() -> float:
+        return float(torch.rand((), generator=generator))
+    out: list[Readout] = []
+    winner: tuple[int, ...] | None = None
+    for cut in readout_budgets(result.slices, budget, k):
+        pool = {tuple(filled_subnet(specs, cut, draw)) for _ in range(per_budget)} | ({winner} if winner else set())
+        for kept in sorted(pool - {()}):
+            if kept not in result.probes:
+                result.probes[kept] = subnet_metric(run, supernet, kept)
+        contenders = sorted(pool - {()})
+        if not contenders:
+            continue
+        best = max(contenders, key=lambda kept: result.probes[kept])
+        if best == winner:
+            continue  # nothing at this budget beat the smaller readout: no new plan
+        winner = best
+        sample = sample_of(space, session.arch, result.slices, list(best))
+        out.append(Readout(cut, sample, sample.plan().num_params(session.arch), best, result.probes[best]))
+    return out
+
+
+def subnet_metric(run: TrialRun, supernet: Supernet, kept: Sequence[int]) -> float:
+    """Validation metric of the trained supernet with only the slices ``kept`` open."""
+    supernet.fixed_openings = torch.zeros_like(supernet.gates.raw)
+    supernet.fixed_openings[list(kept)] = 1.0
+    try:
+        return run.evaluate("validation").value
+    finally:
+        supernet.fixed_openings = None

@@ -27,9 +27,11 @@ import torch
 import torch.nn as nn
 
 from autopeft.core.arch import ModelArch
+from autopeft.core.choices import SupernetTraining
 from autopeft.core.errors import UserError
 from autopeft.oneshot.candidates import Slice, candidates
 from autopeft.oneshot.gates import BudgetGates, SliceSpec
+from autopeft.oneshot.subnets import random_subnet
 from autopeft.peft.inject import InjectionHandle, inject
 from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.space.search_space import SearchSpace
@@ -58,8 +60,9 @@ def supernet_plan(slices: list[Slice]) -> Plan:
 
 class Supernet:
     def __init__(self, handle: InjectionHandle, slices: list[Slice], budget: float,
-                 tau: tuple[float, float] = (TAU_START, TAU_END)) -> None:
+                 tau: tuple[float, float] = (TAU_START, TAU_END), training: SupernetTraining = "gates") -> None:
         self.handle = handle
+        self.training = training
         self.slices = slices
         self.gates = BudgetGates([SliceSpec(s.cost, s.parent, s.unit) for s in slices], budget, SCORE_SCALE)
         self.tau_start, self.tau_end = tau
@@ -90,6 +93,13 @@ class Supernet:
     def openings(self) -> torch.Tensor:
         if self.fixed_openings is not None:  # a readout evaluated inside the supernet: its slices open, no others
             return self.fixed_openings
+        if self.training == "subnets" and self.handle.model.training:
+            # drawn from the global RNG, which the trial loop re-seeds from (seed, step) before every
+            # step: a resumed run trains the same sub-networks
+            kept = random_subnet(self.gates.slices, self.gates.budget, lambda: float(torch.rand(())))
+            hard = torch.zeros_like(self.gates.raw, requires_grad=False)
+            hard[kept] = 1.0
+            return hard
         return self.gates(self.tau)
 
     def _open(self, _module: nn.Module, _args: Any) -> None:
@@ -115,7 +125,8 @@ class Supernet:
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         yield from self.handle.trainable_parameters()
-        yield SCORES_KEY, self.gates.raw
+        if self.training == "gates":
+            yield SCORES_KEY, self.gates.raw
 
     def regularization(self) -> torch.Tensor | None:
         return self.handle.regularization()
@@ -160,7 +171,7 @@ class Supernet:
 
 
 def build_supernet(model: nn.Module, arch: ModelArch, space: SearchSpace, budget: float,
-                   train_head: bool = True) -> Supernet:
+                   train_head: bool = True, training: SupernetTraining = "gates") -> Supernet:
     slices = candidates(space, arch)
     unsupported = sorted({s.method for s in slices} - set(GATED_METHODS))
     if unsupported:
@@ -168,4 +179,4 @@ def build_supernet(model: nn.Module, arch: ModelArch, space: SearchSpace, budget
         raise UserError(f"--strategy oneshot: the supernet gates {', '.join(GATED_METHODS)}; space "
                         f"'{space.name}' also offers {', '.join(unsupported)}: use a space without them")
     handle = inject(model, supernet_plan(slices), arch, train_head=train_head)
-    return Supernet(handle, slices, budget)
+    return Supernet(handle, slices, budget, training=training)

@@ -172,21 +172,32 @@ def _oneshot_section(view: StudyView) -> list[str]:
         rows.append([index, format_count(readout["budget"]), format_count(readout["params"]),
                      "-" if predicted is None else f"{predicted:.4f}", trial.number if trial else "-",
                      _metric_text(trial) if trial else "-", Plan.from_dict(readout["plan"]).describe()])
-    ranking = record.get("ranking", [])[:30]
     grid_header, grid_rows = readout_grid(record)
     grid = (["<p>Units kept at each readout budget (method and size; blank = left out):</p>",
              _table(grid_header, grid_rows, numeric={1, 2})] if len(grid_header) > 3 else [])
+    if record.get("training", "gates") == "gates":
+        how = ("each readout is the ranking below cut at its budget, evaluated inside the supernet with only its "
+               "candidates open (the weight-sharing prediction)")
+        details = ["<details><summary>ranking of the candidates (best first)</summary>",
+                   _table(["unit", "method", "dims", "params", "score"],
+                          [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),
+                            f'{r["score"]:.3f}'] for r in record.get("ranking", [])[:30]], numeric={3, 4}),
+                   "</details>"]
+    else:
+        how = ("one random sub-network per step; each readout is the best of the sub-networks measured inside the "
+               "supernet at its budget (the weight-sharing prediction)")
+        details = ["<details><summary>sub-networks measured inside the supernet (best first)</summary>",
+                   _table(["params", "in the supernet", "units kept"],
+                          [[format_count(r["params"]), f'{r["supernet_metric"]:.4f}',
+                            ", ".join(f"{unit} {kept}" for unit, kept in r["kept"].items())]
+                           for r in record.get("measured", [])[:40]], numeric={0, 1}),
+                   "</details>"]
     return ["<h2>One-shot supernet</h2>",
-            f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; each '
-            "readout is the ranking below cut at its budget, evaluated inside the supernet with only its candidates "
-            "open (the weight-sharing prediction), then trained as an ordinary trial (the verified metric).</p>",
+            f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; {how}, '
+            "then trained as an ordinary trial (the verified metric).</p>",
             _table(["readout", "budget", "params", "in the supernet", "trial", f"validation {view.metric}", "plan"],
                    rows, numeric={1, 2, 3}),
-            *grid,
-            "<details><summary>ranking of the candidates (best first)</summary>",
-            _table(["unit", "method", "dims", "params", "score"],
-                   [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),
-                     f'{r["score"]:.3f}'] for r in ranking], numeric={3, 4}), "</details>"]
+            *grid, *details]
 
 
 def build_report(view: StudyView, out: Path) -> Path:

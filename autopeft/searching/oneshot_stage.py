@@ -61,9 +61,9 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
     if settings.threads:
         apply_threads(settings.threads * settings.workers)  # the workers start after this stage
     reporter.info(f"one-shot: training the supernet of space '{settings.space}' for {config.steps} steps "
-                  f"(budget {ctx.budget:,} params)")
+                  f"(budget {ctx.budget:,} params, {settings.supernet})")
     result, plans = train_supernet(session, ctx.space, ctx.budget, config, directory / "supernet.safetensors",
-                                   reporter.step_callback(config.steps), settings.readouts)
+                                   reporter.step_callback(config.steps), settings.readouts, settings.supernet)
     if settings.threads:
         apply_threads(settings.threads)
     training = {f"training.{key}": value for key, value in readout_training(ctx.space, config).items()}
@@ -72,16 +72,21 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
                             user_attrs={READOUT_ATTR: index, "status": TrialStatus.QUEUED})
         reporter.info(f"one-shot readout {index}: {readout.params:,} params, supernet validation "
                       f"{readout.supernet_metric:.4f}: {readout.sample.plan().describe(ctx.arch)}")
-    record = {"steps": config.steps, "seconds": round(result.seconds, 1), "train_loss": result.train_loss,
+    record = {"training": settings.supernet, "steps": config.steps, "seconds": round(result.seconds, 1),
+              "train_loss": result.train_loss,
               "units": list(dict.fromkeys(s.unit for s in result.slices)),
               "readouts": [{"budget": round(r.budget), "params": r.params, "supernet_metric": r.supernet_metric,
                             "kept": kept_units(result.slices, r.slices), "plan": r.sample.plan().to_dict()}
                            for r in plans]}
-    ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
-    (directory / "readouts.json").write_text(json.dumps({
-        **record,
-        "ranking": [{"unit": result.slices[i].unit, "method": result.slices[i].method,
-                     "dims": [result.slices[i].start, result.slices[i].size], "cost": result.slices[i].cost,
-                     "score": result.scores[i]} for i in ranking]}, indent=2) + "\n")
+    if settings.supernet == "gates":  # the gates' ranking, which every readout cuts
+        ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
+        details = {"ranking": [{"unit": result.slices[i].unit, "method": result.slices[i].method,
+                                "dims": [result.slices[i].start, result.slices[i].size],
+                                "cost": result.slices[i].cost, "score": result.scores[i]} for i in ranking]}
+    else:  # every sub-network compared inside the supernet, best first
+        details = {"measured": [{"params": sum(result.slices[i].cost for i in kept), "supernet_metric": metric,
+                                 "kept": kept_units(result.slices, kept)}
+                                for kept, metric in sorted(result.probes.items(), key=lambda item: -item[1])]}
+    (directory / "readouts.json").write_text(json.dumps({**record, **details}, indent=2) + "\n")
     study.set_user_attr(ONESHOT_ATTR, record)
     return record

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, get_args
 
+from autopeft.core.choices import SUPERNET_TRAININGS
 from autopeft.core.errors import UserError
 from autopeft.core.extras import require
 from autopeft.core.options import Option, OptionGroup, OptionTable
@@ -48,6 +49,9 @@ SEARCH_OPTIONS = OptionTable.of(
                help="bayes: the sampler proposes every plan (default); oneshot: one supernet run, its readouts "
                     "trained as the trials; oneshot+bayes: the readouts first, then the sampler"),
         Option("readouts", 8, type=int, help="oneshot strategies: plans read out of the supernet (default 8)"),
+        Option("supernet", "gates", choices=SUPERNET_TRAININGS,
+               help="oneshot strategies: gates: learned budget gates rank the candidates (default); subnets: one "
+                    "random sub-network per step, readouts = the best sub-networks measured inside the supernet"),
         Option("seed", 0, type=int, help="sampler seed; trial n trains with seed + n"),
         Option("max_failures", 5, type=int, help="stop after this many failed trials"),
     )),
@@ -136,6 +140,7 @@ def settings_from_options(values: dict[str, Any]):
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
         baselines=parse_baselines(values["baselines"]),
         epochs=epochs, epoch_steps_cap=cap, strategy=values["strategy"], readouts=values["readouts"],
+        supernet=values["supernet"],
     )
     if epochs is None:
         settings.rungs  # noqa: B018 - rung arguments are checked before anything is loaded

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from autopeft.core.choices import SupernetTraining
 from autopeft.searching.rungs import default_min_steps, rung_steps
 from autopeft.study.layout import STUDY_NAME
 from autopeft.training.config import TrainConfig
@@ -69,6 +70,7 @@ class SearchSettings:
     epoch_steps_cap: int | None = None  # with epochs: at most this many steps (the default fidelity's cap)
     strategy: StrategyName = "bayes"
     readouts: int = 8  # oneshot strategies: plans read out of the supernet (budgets from the smallest to --budget)
+    supernet: SupernetTraining = "gates"  # oneshot strategies: how the supernet trains (autopeft.oneshot)
 
     @property
     def uses_supernet(self) -> bool:

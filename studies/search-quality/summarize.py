@@ -17,6 +17,7 @@ import math
 import statistics
 from collections import defaultdict
 
+import pandas as pd
 from scipy import stats
 from sqlib import HERE, read_jsonl
 
@@ -69,6 +70,7 @@ def dataset_summary(dataset: str) -> dict | None:
                       "test_mean_std": mean_std(test), "wall_seconds": search["wall_seconds"],
                       "trials": summary.get("trials", {}), "in_search_comparison": comparison},
            "recipes": rows, "machine": search["machine"]}
+    out["selection_optimism"] = selection_optimism(folder / "trials.csv")
     if "test" in sizes:
         out["test_standard_error"] = accuracy_standard_error(statistics.fmean(test), sizes["test"])
     peft = [name for name in PEFT_BASELINES if name in rows]
@@ -81,6 +83,18 @@ def dataset_summary(dataset: str) -> dict | None:
                 "test": paired_difference(test, rows[other]["test"]).to_record(),
                 "validation": paired_difference(val, rows[other]["validation"]).to_record()}
     return out
+
+
+def selection_optimism(trials_csv) -> dict | None:
+    """The winner's curse, measured: for each plan retrained in the final stage, its own search run's
+    validation metric minus the mean of its retraining seeds. Positive = the search run was luckier than
+    the plan is; it is why a pick made on single runs regresses when retrained."""
+    trials = pd.read_csv(trials_csv)
+    retrained = trials[trials.retrain_mean.notna() & trials.metric.notna()]
+    if retrained.empty:
+        return None
+    gaps = (retrained.metric - retrained.retrain_mean).tolist()
+    return {"n": len(gaps), "mean": statistics.fmean(gaps), "max": max(gaps), "min": min(gaps)}
 
 
 def across(datasets: list[dict], key: str) -> dict | None:
@@ -123,7 +137,15 @@ def markdown(datasets: list[dict], overall: dict) -> str:
                      f"{d.get('best_baseline', '–')} | "
                      f"{diff(dif[d['best_baseline']]['test']) if 'best_baseline' in d else '–'} | "
                      f"{diff(dif['full fine-tuning']['test']) if 'full fine-tuning' in dif else '–'} |")
-    lines += ["", "Test accuracy (%), mean ± std over 3 seeds; differences in points, paired by seed, 95% interval.", ""]
+    lines += ["", "Test accuracy (%), mean ± std over 3 seeds; differences in points, paired by seed, 95% interval.", "",
+              "Selection optimism (the winner's curse): per plan retrained in the final stage, its own search "
+              "run's validation accuracy minus its retraining seeds' mean, in points:", ""]
+    for d in datasets:
+        o = d.get("selection_optimism")
+        if o:
+            lines.append(f"- {d['dataset']}: {100 * o['mean']:+.2f} on average over {o['n']} plans "
+                         f"(from {100 * o['min']:+.2f} to {100 * o['max']:+.2f})")
+    lines.append("")
     for key, record in overall.items():
         if record and record.get("n", 0) >= 2:
             lines.append(f"- average over {record['n']} datasets, search − {key}: {100 * record['mean']:+.2f} pt "

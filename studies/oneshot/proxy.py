@@ -1,0 +1,153 @@
+"""Can the trained supernet tell good sub-networks from bad ones? (issue #19, tuning datasets only)
+
+The one-shot readouts are only as good as the supernet's judgement of a sub-network. This measures it
+directly: per dataset, ``--n`` random sub-networks of the default space (``compact``) within the 0.5%
+budget (drawn by :func:`autopeft.oneshot.subnets.random_subnet` with a fixed seed, the training
+distribution of the ``subnets`` supernet), each
+
+- **trained for real** (autopeft's trainer, ``--steps`` steps, lr 1e-3, seed 0): the truth, and
+- **evaluated inside trained supernets** with only its slices open, for each way of training the
+  supernet: ``gates`` (S3Delta's soft budget gates, the first design) and ``subnets`` (one random hard
+  sub-network per step, SPOS / OFA), both for the same ``--steps`` at lr 1e-3 and seed 0.
+
+Reported: Spearman's rank correlation between each supernet's validation accuracy and the real
+validation accuracy over the sub-networks, next to the trivial predictor (the parameter count).
+Validation accuracy only: nothing here touches test. Tuning datasets only (``trec``,
+``rotten_tomatoes``): the other datasets of the search-quality study inform no choice.
+``proxy.jsonl`` holds every run (resumable).
+
+    .venv/bin/python studies/oneshot/proxy.py --datasets rotten_tomatoes [--n 12] [--steps 800]
+    .venv/bin/python studies/oneshot/proxy.py --summarize      # -> proxy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from scipy.stats import spearmanr
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "search-quality"))
+from sqlib import append_jsonl, load, machine, read_jsonl  # noqa: E402
+
+from autopeft.oneshot.candidates import candidates, kept_units, sample_of  # noqa: E402
+from autopeft.oneshot.gates import SliceSpec  # noqa: E402
+from autopeft.oneshot.run import train_supernet  # noqa: E402
+from autopeft.oneshot.subnets import random_subnet  # noqa: E402
+from autopeft.space.presets import load_space  # noqa: E402
+from autopeft.training.config import TrainConfig  # noqa: E402
+from autopeft.training.trial_run import train_plan  # noqa: E402
+
+OUT = HERE / "proxy.jsonl"
+SPACE = "compact"
+BUDGET_FRACTION = 0.005
+LR = 1e-3
+SEED = 0
+MODES = ("gates", "subnets")
+
+
+def subnets(slices, budget: float, n: int) -> list[tuple[int, ...]]:
+    """``n`` distinct non-empty random sub-networks, the same for every run of this script."""
+    generator = torch.Generator().manual_seed(20261207)
+    specs = [SliceSpec(s.cost, s.parent, s.unit) for s in slices]
+    out: list[tuple[int, ...]] = []
+    while len(out) < n:
+        kept = tuple(random_subnet(specs, budget, lambda: float(torch.rand((), generator=generator))))
+        if kept and kept not in out:
+            out.append(kept)
+    return out
+
+
+def run_dataset(dataset: str, n: int, steps: int) -> None:
+    done = {(r["dataset"], r["kind"], r.get("mode"), tuple(r.get("kept", ())), r["steps"]) for r in read_jsonl(OUT)}
+    prepared = load(dataset)
+    session = prepared.session
+    space = load_space(SPACE)
+    budget = int(BUDGET_FRACTION * prepared.loaded.base_params)
+    slices = candidates(space, session.arch)
+    probes = subnets(slices, budget, n)
+    config = TrainConfig(steps=steps, lr=LR, seed=SEED)
+    for mode in MODES:
+        if all((dataset, "supernet", mode, kept, steps) in done for kept in probes):
+            continue
+        start = time.perf_counter()
+        result, _ = train_supernet(session, space, budget, config, training=mode, probes=probes)
+        for kept in probes:
+            append_jsonl(OUT, {"dataset": dataset, "kind": "supernet", "mode": mode, "kept": list(kept),
+                               "steps": steps, "validation": round(result.probes[kept], 5),
+                               "supernet_seconds": round(time.perf_counter() - start, 1), "machine": machine()})
+        print(f"{dataset} supernet {mode}: {time.perf_counter() - start:.0f} s", flush=True)
+    for kept in probes:
+        if (dataset, "standalone", None, kept, steps) in done:
+            continue
+        plan = sample_of(space, session.arch, slices, list(kept)).plan()
+        start = time.perf_counter()
+        outcome = train_plan(session, plan, config)
+        record = {"dataset": dataset, "kind": "standalone", "kept": list(kept), "steps": steps,
+                  "units": kept_units(slices, kept), "params": outcome.adapter_params,
+                  "validation": round(outcome.validation.value, 5),
+                  "seconds": round(time.perf_counter() - start, 1), "machine": machine()}
+        append_jsonl(OUT, record)
+        print(json.dumps({k: record[k] for k in ("units", "params", "validation", "seconds")}), flush=True)
+
+
+def summarize() -> str:
+    runs = read_jsonl(OUT)
+    lines = ["| dataset | steps | sub-networks | Spearman: params | " + " | ".join(f"Spearman: supernet `{m}`"
+                                                                           for m in MODES) + " |",
+             "|---|---|---|---|" + "---|" * len(MODES)]
+    details = []
+    for dataset, steps in sorted({(r["dataset"], r["steps"]) for r in runs}):
+        truth = {tuple(r["kept"]): r for r in runs
+                 if (r["dataset"], r["steps"], r["kind"]) == (dataset, steps, "standalone")}
+        keys = sorted(truth, key=lambda k: truth[k]["validation"])
+        real = [truth[k]["validation"] for k in keys]
+        cells = [f"{spearmanr([truth[k]['params'] for k in keys], real).statistic:+.2f}"]
+        proxies: dict[str, dict] = {}
+        for mode in MODES:
+            proxy = {tuple(r["kept"]): r["validation"] for r in runs
+                     if (r["dataset"], r["steps"], r["kind"], r.get("mode")) == (dataset, steps, "supernet", mode)}
+            proxies[mode] = proxy
+            cells.append(f"{spearmanr([proxy[k] for k in keys], real).statistic:+.2f}"
+                         if all(k in proxy for k in keys) and len(keys) > 2 else "-")
+        lines.append(f"| {dataset} | {steps} | {len(keys)} | " + " | ".join(cells) + " |")
+        details += [f"\n{dataset}, {steps} steps (validation accuracy %):\n",
+                    "| sub-network | params | real | " + " | ".join(f"in `{m}`" for m in MODES) + " |",
+                    "|---|---|---|" + "---|" * len(MODES)]
+        for k in keys:
+            units = ", ".join(f"{u} {m}" for u, m in truth[k]["units"].items())
+            details.append(f"| {units} | {truth[k]['params']:,} | {100 * truth[k]['validation']:.1f} | " + " | ".join(
+                f"{100 * proxies[m][k]:.1f}" if k in proxies[m] else "-" for m in MODES) + " |")
+    return "\n".join(lines + details) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", default="rotten_tomatoes")
+    parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--summarize", action="store_true")
+    args = parser.parse_args()
+    if args.summarize:
+        (HERE / "proxy.md").write_text(summarize())
+        print((HERE / "proxy.md").read_text())
+        return
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    for dataset in args.datasets.split(","):
+        if dataset not in ("trec", "rotten_tomatoes"):
+            raise SystemExit(f"{dataset}: tuning datasets only (trec, rotten_tomatoes)")
+        run_dataset(dataset, args.n, args.steps)
+
+
+if __name__ == "__main__":
+    main()
