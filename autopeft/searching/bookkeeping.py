@@ -120,13 +120,15 @@ def full_fidelity_seconds(study: optuna.Study, max_steps: int | None = None) -> 
     return durations[len(durations) // 2] if durations else 0.0
 
 
-def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: Any) -> float:
+def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: Any,
+                        training: float | None = None) -> float:
     """Estimated wall time of the final stage if the search stopped now, at the median full-fidelity
     duration: seeds 2..K of each finalist and of the best baseline, split over the local workers, then
     the best baseline on the pick's own seed (one training, this process alone). When the front has more
     plans than finalists, one plan joining on seed means is foreseen too (the winner's curse makes that
     common: measured on trec, a 20-minute search overran by 1.3 minutes without it); its seeds 2..K
-    train in this process with all the workers' threads, about ``ceil((K-1)/workers)`` rounds."""
+    train in this process with all the workers' threads, about ``ceil((K-1)/workers)`` rounds.
+    ``training``: :func:`full_fidelity_seconds` when the caller has it already."""
     workers = max(1, settings.workers)
     front = max(1, len(top_rung_front(study, objectives)))
     finalists = front if settings.pick == "knee" else min(front, settings.finalists)
@@ -134,7 +136,8 @@ def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: A
     rounds = math.ceil(shared / workers) + (1 if settings.baselines and settings.seeds > 1 else 0)
     if finalists < front:
         rounds += joiner_rounds(settings, 1)
-    return full_fidelity_seconds(study, settings.max_steps) * rounds
+    training = full_fidelity_seconds(study, settings.max_steps) if training is None else training
+    return training * rounds
 
 
 def joiner_rounds(settings: Any, joiners: int) -> int:
@@ -157,8 +160,16 @@ def out_of_time(study: optuna.Study, objectives: Objectives, settings: Any, star
     starts only if it (at the median full-fidelity duration) and the final stage still fit in the budget."""
     if settings.time_budget_s is None:
         return False
-    needed = full_fidelity_seconds(study, settings.max_steps) + final_stage_seconds(study, objectives, settings)
-    return now - started + needed > settings.time_budget_s
+    training = full_fidelity_seconds(study, settings.max_steps)
+    return now - started + training + final_stage_seconds(study, objectives, settings, training) > settings.time_budget_s
+
+
+def time_stop_messages(study: optuna.Study, objectives: Objectives, settings: Any, started: float,
+                       now: float) -> list[str]:
+    """What the search says when it stops starting trials for time (both backends): that it stopped, and
+    :func:`final_stage_overrun`'s warning when there is one."""
+    late = final_stage_overrun(study, objectives, settings, started, now)
+    return ["time budget reached (the final stage's share kept): no new trials are started", *([late] if late else [])]
 
 
 def final_stage_overrun(study: optuna.Study, objectives: Objectives, settings: Any, started: float,
@@ -168,11 +179,11 @@ def final_stage_overrun(study: optuna.Study, objectives: Objectives, settings: A
     20-minute search take 25), with what would shorten it; None when it fits (within a minute)."""
     if settings.time_budget_s is None:
         return None
-    final = final_stage_seconds(study, objectives, settings)
+    training = full_fidelity_seconds(study, settings.max_steps)
+    final = final_stage_seconds(study, objectives, settings, training)
     late = now - started + final - settings.time_budget_s
     if late <= 60:
         return None
-    training = full_fidelity_seconds(study, settings.max_steps)
     return (f"the final stage needs about {final / 60:.0f} min (one full-fidelity training takes "
             f"{training / 60:.1f} min): the command will end about {late / 60:.0f} min after --time-budget; "
             "--seeds 2, --finalists 1, a shorter --max-steps/--epochs or a longer --time-budget would fit")

@@ -31,7 +31,6 @@ from autopeft.core.faults import environment_error
 from autopeft.peft.artifacts import save_adapter
 from autopeft.searching.bookkeeping import (
     counted,
-    final_stage_overrun,
     out_of_time,
     record_complete,
     record_failed,
@@ -39,6 +38,7 @@ from autopeft.searching.bookkeeping import (
     record_stopped,
     rung_entries,
     steps_spent,
+    time_stop_messages,
     top_rung_front,
 )
 from autopeft.searching.context import SearchContext, adapter_config
@@ -110,12 +110,9 @@ class Worker:
                 if no_time or out_of_steps or queue_done or counted(self.study) >= settings.trials:
                     if no_time and not self.stop_announced:  # once, not at every poll while others finish
                         self.stop_announced = True
-                        self.reporter.info("time budget reached (the final stage's share kept): no new trials "
-                                           "are started")
-                        late = final_stage_overrun(self.study, self.ctx.objectives, settings, self.started,
-                                                   time.time())
-                        if late:
-                            self.reporter.info(late)
+                        for line in time_stop_messages(self.study, self.ctx.objectives, settings, self.started,
+                                                       time.time()):
+                            self.reporter.info(line)
                     if self.wait_for_others and self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                         time.sleep(POLL_S)
                         continue

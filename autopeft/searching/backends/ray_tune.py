@@ -36,13 +36,13 @@ from autopeft.core.errors import UserError
 from autopeft.searching.backends.local import STARTED_ATTR, prepare_study
 from autopeft.searching.bookkeeping import (
     counted,
-    final_stage_overrun,
     out_of_time,
     record_complete,
     record_failed,
     record_rung,
     record_stopped,
     rung_entries,
+    time_stop_messages,
     top_rung_front,
 )
 from autopeft.searching.context import SearchContext
@@ -79,10 +79,8 @@ class AutopeftOptunaSearch(OptunaSearch):
         interrupted = claim_interrupted(self._ot_study)
         if interrupted is None and out_of_time(self._ot_study, self.ctx.objectives, settings, self.started,
                                                time.time()):
-            self.reporter.info("time budget reached: no new trials are started")
-            late = final_stage_overrun(self._ot_study, self.ctx.objectives, settings, self.started, time.time())
-            if late:
-                self.reporter.info(late)
+            for line in time_stop_messages(self._ot_study, self.ctx.objectives, settings, self.started, time.time()):
+                self.reporter.info(line)
             return Searcher.FINISHED
         trial = interrupted
         while True:
