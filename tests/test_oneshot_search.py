@@ -32,6 +32,10 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
         assert row.params == record["params"] <= summary["budget_params"]
         assert json.loads(row.plan) == record["plan"]
         assert 0.0 <= record["supernet_metric"] <= 1.0
+        assert record["source"] in ("ranking", "sampled")
+    measured = json.loads((out / "oneshot" / "readouts.json").read_text())["measured"]
+    for record in recorded:  # each readout was chosen among the sub-networks measured inside the supernet
+        assert {k: record[k] for k in ("params", "supernet_metric", "kept")} in measured
     trained = trials[trials.status.isin(["complete", "stopped"])]
     assert len(trained) == 1 + len(recorded)  # the warm start and the readouts: the sampler proposed nothing
     ranking = json.loads((out / "oneshot" / "readouts.json").read_text())["ranking"]
@@ -40,6 +44,7 @@ def test_oneshot_trains_only_the_warm_start_and_the_readouts_then_resumes_withou
     assert main(["report", str(out)]) == 0  # the report shows every readout beside its verified metric
     page = (out / "report.html").read_text()
     assert "One-shot supernet" in page and page.count("ranking of the candidates") == 1
+    assert "sub-networks measured inside the supernet" in page
     assert "Units kept at each readout budget" in page
     records = json.loads((out / "oneshot" / "readouts.json").read_text())["readouts"]
     for record in records:
@@ -123,6 +128,7 @@ def test_a_subnets_supernet_enqueues_its_measured_best_subnetworks_and_reports_t
     assert summary["oneshot"]["training"] == "subnets" and 1 <= len(recorded) <= 3
     saved = json.loads((out / "oneshot" / "readouts.json").read_text())
     assert "ranking" not in saved  # the gates learned nothing: no ranking to show
+    assert all(record["source"] == "sampled" for record in recorded)
     measured = saved["measured"]
     assert len(measured) > len(recorded)
     assert [m["supernet_metric"] for m in measured] == sorted((m["supernet_metric"] for m in measured), reverse=True)

@@ -6,6 +6,7 @@ import torch
 from fast_fixtures import base_state, one_thread, toy_session  # noqa: F401
 
 from autopeft.oneshot.candidates import candidates, sample_of
+from autopeft.oneshot.gates import SliceSpec, readout
 from autopeft.oneshot.supernet import SCORES_KEY, build_supernet, supernet_plan
 from autopeft.peft.inject import head_parameters, inject
 from autopeft.space import load_space, parse_space
@@ -181,17 +182,19 @@ def test_one_run_reads_out_distinct_valid_plans_and_resumes_after_a_kill_bitwise
     with pytest.raises(Killed):
         oneshot_run.train_supernet(session, space, budget, config, path, progress=kill_at_5)
     assert path.is_file()  # the step-4 checkpoint
-    resumed, _ = oneshot_run.train_supernet(session, space, budget, config, path)
+    resumed, replans = oneshot_run.train_supernet(session, space, budget, config, path, readouts_k=8)
     assert resumed.scores == whole.scores
-    assert [r.slices for r in predicted] == [r.slices for r in oneshot_run.readouts(space, session, whole, budget, 8)]
-    assert all(0.0 <= r.supernet_metric <= 1.0 for r in predicted)  # accuracy of the supernet cut to the readout
+    assert [(r.slices, r.supernet_metric) for r in replans] == [(r.slices, r.supernet_metric) for r in predicted]
 
-    plans = oneshot_run.readouts(space, session, whole, budget, k=8)
-    assert 1 <= len(plans) <= 8
-    assert len({r.slices for r in plans}) == len(plans)
-    for r in plans:
+    assert 1 <= len(predicted) <= 8
+    assert len({r.slices for r in predicted}) == len(predicted)
+    for r in predicted:
         assert r.params == sum(whole.slices[i].cost for i in r.slices) <= r.budget <= budget
         assert space.infeasible_reason(r.sample, session.arch, int(budget)) is None
+        assert r.supernet_metric == whole.probes[r.slices]  # accuracy of the supernet cut to the readout
+        if r.source == "ranking":  # the gates' ranking cut at the readout's budget
+            specs = [SliceSpec(s.cost, s.parent, s.unit) for s in whole.slices]
+            assert list(r.slices) == readout(specs, whole.scores, r.budget)
 
 
 def test_a_space_with_soft_prompts_is_refused_with_the_reason():

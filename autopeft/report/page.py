@@ -159,8 +159,8 @@ def _best_section(view: StudyView, work: Path) -> str:
 
 
 def _oneshot_section(view: StudyView) -> list[str]:
-    """--strategy oneshot*: each readout's budget and plan beside its verified (really trained) metric, and
-    the supernet's ranking of the candidates (the order every readout cuts)."""
+    """--strategy oneshot*: each readout's budget and plan beside its verified (really trained) metric, the
+    sub-networks measured inside the supernet and (gates training) the gates' ranking of the candidates."""
     record = load_readouts(view.layout.oneshot_dir)
     if record is None:
         return []
@@ -170,32 +170,32 @@ def _oneshot_section(view: StudyView) -> list[str]:
         trial = verified.get(index)
         predicted = readout.get("supernet_metric")
         rows.append([index, format_count(readout["budget"]), format_count(readout["params"]),
-                     "-" if predicted is None else f"{predicted:.4f}", trial.number if trial else "-",
+                     "-" if predicted is None else f"{predicted:.4f}", readout.get("source", "ranking"), trial.number if trial else "-",
                      _metric_text(trial) if trial else "-", Plan.from_dict(readout["plan"]).describe()])
     grid_header, grid_rows = readout_grid(record)
     grid = (["<p>Units kept at each readout budget (method and size; blank = left out):</p>",
              _table(grid_header, grid_rows, numeric={1, 2})] if len(grid_header) > 3 else [])
-    if record.get("training", "gates") == "gates":
-        how = ("each readout is the ranking below cut at its budget, evaluated inside the supernet with only its "
-               "candidates open (the weight-sharing prediction)")
-        details = ["<details><summary>ranking of the candidates (best first)</summary>",
-                   _table(["unit", "method", "dims", "params", "score"],
-                          [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),
-                            f'{r["score"]:.3f}'] for r in record.get("ranking", [])[:30]], numeric={3, 4}),
-                   "</details>"]
-    else:
-        how = ("one random sub-network per step; each readout is the best of the sub-networks measured inside the "
-               "supernet at its budget (the weight-sharing prediction)")
-        details = ["<details><summary>sub-networks measured inside the supernet (best first)</summary>",
-                   _table(["params", "in the supernet", "units kept"],
-                          [[format_count(r["params"]), f'{r["supernet_metric"]:.4f}',
-                            ", ".join(f"{unit} {kept}" for unit, kept in r["kept"].items())]
-                           for r in record.get("measured", [])[:40]], numeric={0, 1}),
-                   "</details>"]
+    how = ("each readout is the best, measured inside the supernet with only its candidates open (the weight-sharing "
+           "prediction), of random sub-networks filling its budget"
+           + (" and the gates' ranking cut at that budget" if "ranking" in record else "")
+           + ("; the supernet trained one random sub-network per step" if record.get("training") == "subnets" else ""))
+    details = ["<details><summary>sub-networks measured inside the supernet (best first)</summary>",
+               _table(["params", "in the supernet", "units kept"],
+                      [[format_count(r["params"]), f'{r["supernet_metric"]:.4f}',
+                        ", ".join(f"{unit} {kept}" for unit, kept in r["kept"].items())]
+                       for r in record.get("measured", [])[:40]], numeric={0, 1}),
+               "</details>"]
+    if "ranking" in record:
+        details += ["<details><summary>the gates' ranking of the candidates (best first)</summary>",
+                    _table(["unit", "method", "dims", "params", "score"],
+                           [[r["unit"], r["method"], f'{r["dims"][0]}-{r["dims"][1]}', format_count(r["cost"]),
+                             f'{r["score"]:.3f}'] for r in record["ranking"][:30]], numeric={3, 4}),
+                    "</details>"]
     return ["<h2>One-shot supernet</h2>",
             f'<p class="note">The supernet trained {record["steps"]} steps in {record["seconds"]:.0f} s; {how}, '
             "then trained as an ordinary trial (the verified metric).</p>",
-            _table(["readout", "budget", "params", "in the supernet", "trial", f"validation {view.metric}", "plan"],
+            _table(["readout", "budget", "params", "in the supernet", "from", "trial", f"validation {view.metric}",
+                    "plan"],
                    rows, numeric={1, 2, 3}),
             *grid, *details]
 

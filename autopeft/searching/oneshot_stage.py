@@ -71,22 +71,23 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
         study.enqueue_trial({**readout.sample.trial_params(), **training},
                             user_attrs={READOUT_ATTR: index, "status": TrialStatus.QUEUED})
         reporter.info(f"one-shot readout {index}: {readout.params:,} params, supernet validation "
-                      f"{readout.supernet_metric:.4f}: {readout.sample.plan().describe(ctx.arch)}")
+                      f"{readout.supernet_metric:.4f} ({readout.source}): {readout.sample.plan().describe(ctx.arch)}")
     record = {"training": settings.supernet, "steps": config.steps, "seconds": round(result.seconds, 1),
               "train_loss": result.train_loss,
               "units": list(dict.fromkeys(s.unit for s in result.slices)),
               "readouts": [{"budget": round(r.budget), "params": r.params, "supernet_metric": r.supernet_metric,
-                            "kept": kept_units(result.slices, r.slices), "plan": r.sample.plan().to_dict()}
+                            "source": r.source, "kept": kept_units(result.slices, r.slices), "plan": r.sample.plan().to_dict()}
                            for r in plans]}
-    if settings.supernet == "gates":  # the gates' ranking, which every readout cuts
+    # every sub-network measured inside the supernet (the readouts were chosen among them), best first
+    details: dict[str, Any] = {"measured": [
+        {"params": sum(result.slices[i].cost for i in kept), "supernet_metric": metric,
+         "kept": kept_units(result.slices, kept)}
+        for kept, metric in sorted(result.probes.items(), key=lambda item: -item[1])]}
+    if settings.supernet == "gates":  # and the gates' ranking, whose cuts were among the candidates
         ranking = sorted(range(len(result.slices)), key=lambda i: -result.scores[i])
-        details = {"ranking": [{"unit": result.slices[i].unit, "method": result.slices[i].method,
-                                "dims": [result.slices[i].start, result.slices[i].size],
-                                "cost": result.slices[i].cost, "score": result.scores[i]} for i in ranking]}
-    else:  # every sub-network compared inside the supernet, best first
-        details = {"measured": [{"params": sum(result.slices[i].cost for i in kept), "supernet_metric": metric,
-                                 "kept": kept_units(result.slices, kept)}
-                                for kept, metric in sorted(result.probes.items(), key=lambda item: -item[1])]}
+        details["ranking"] = [{"unit": result.slices[i].unit, "method": result.slices[i].method,
+                               "dims": [result.slices[i].start, result.slices[i].size],
+                               "cost": result.slices[i].cost, "score": result.scores[i]} for i in ranking]
     (directory / "readouts.json").write_text(json.dumps({**record, **details}, indent=2) + "\n")
     study.set_user_attr(ONESHOT_ATTR, record)
     return record
