@@ -42,18 +42,21 @@ from sqlib import append_jsonl, load, machine, read_jsonl  # noqa: E402
 
 from autopeft.oneshot.candidates import candidates, kept_units, sample_of  # noqa: E402
 from autopeft.oneshot.gates import SliceSpec  # noqa: E402
-from autopeft.oneshot.run import train_supernet  # noqa: E402
+from autopeft.oneshot.run import subnet_metric, train_supernet  # noqa: E402
 from autopeft.oneshot.subnets import random_subnet  # noqa: E402
+from autopeft.oneshot.supernet import build_supernet  # noqa: E402
+from autopeft.peft.inject import head_parameters  # noqa: E402
 from autopeft.space.presets import load_space  # noqa: E402
 from autopeft.training.config import TrainConfig  # noqa: E402
-from autopeft.training.trial_run import train_plan  # noqa: E402
+from autopeft.training.trial_run import TrialRun, train_plan  # noqa: E402
 
 OUT = HERE / "proxy.jsonl"
 SPACE = "compact"
 BUDGET_FRACTION = 0.005
 LR = 1e-3
 SEED = 0
-MODES = ("gates", "subnets")
+MODES = ("gates", "subnets", "gates+head")
+HEAD_STEPS = 100  # gates+head: head-only steps with the sub-network's slices open, before its evaluation
 
 
 def subnets(slices, budget: float, n: int) -> list[tuple[int, ...]]:
@@ -66,6 +69,54 @@ def subnets(slices, budget: float, n: int) -> list[tuple[int, ...]]:
         if kept and kept not in out:
             out.append(kept)
     return out
+
+
+def head_refit_metric(run: TrialRun, supernet, kept: tuple[int, ...], steps: int = HEAD_STEPS) -> float:
+    """Validation accuracy of the supernet with only ``kept`` open after ``steps`` head-only AdamW steps
+    (lr 1e-3, a fresh batch order) in that configuration; every weight is restored afterwards. Tests
+    whether the collapse of sub-networks inside the supernet is the shared head's co-adaptation."""
+    session = run.session
+    head = list(head_parameters(session.model).values())
+    saved = [p.detach().clone() for p in head]
+    others = [p for _, p in supernet.trainable_parameters() if not any(p is h for h in head)]
+    flags = [p.requires_grad for p in others]
+    for p in others:
+        p.requires_grad_(False)
+    supernet.fixed_openings = torch.zeros_like(supernet.gates.raw)
+    supernet.fixed_openings[list(kept)] = 1.0
+    optimizer = torch.optim.AdamW(head, lr=1e-3, weight_decay=0.0)
+    batches = session.train_batches(TrainConfig(steps=steps, lr=1e-3, seed=run.config.seed + 1,
+                                                batch_size=run.config.batch_size))
+    try:
+        session.model.train()
+        for _ in range(steps):
+            with session.autocast(run.recipe.autocast_bf16):
+                loss = session.loss(next(batches))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        session.model.eval()
+        return run.evaluate("validation").value
+    finally:
+        session.model.eval()
+        with torch.no_grad():
+            for p, value in zip(head, saved, strict=True):
+                p.copy_(value)
+        for p, flag in zip(others, flags, strict=True):
+            p.requires_grad_(flag)
+        supernet.fixed_openings = None
+
+
+def gates_with_head_refit(session, space, budget: float, config: TrainConfig,
+                          probes: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[float, float]]:
+    """The gates supernet trained exactly as train_supernet does; per probe (plain, head re-fit) metrics."""
+    torch.manual_seed(config.seed)
+    session.reset_head(config.seed)
+    supernet = build_supernet(session.model, session.arch, space, budget,
+                              train_head=session.task == "classification")
+    with TrialRun(session, supernet, config) as run:
+        run.advance(config.steps)
+        return {kept: (subnet_metric(run, supernet, kept), head_refit_metric(run, supernet, kept)) for kept in probes}
 
 
 def run_dataset(dataset: str, n: int, steps: int) -> None:
@@ -81,10 +132,19 @@ def run_dataset(dataset: str, n: int, steps: int) -> None:
         if all((dataset, "supernet", mode, kept, steps) in done for kept in probes):
             continue
         start = time.perf_counter()
-        result, _ = train_supernet(session, space, budget, config, training=mode, probes=probes)
+        if mode == "gates+head":
+            both = gates_with_head_refit(session, space, budget, config, probes)
+            metrics = {kept: refit for kept, (_, refit) in both.items()}
+            plain = {tuple(r["kept"]): r["validation"] for r in read_jsonl(OUT)
+                     if (r["dataset"], r["kind"], r.get("mode"), r["steps"]) == (dataset, "supernet", "gates", steps)}
+            print("plain metrics reproduce the gates run:",
+                  all(round(both[k][0], 5) == plain.get(k) for k in probes), flush=True)
+        else:
+            result, _ = train_supernet(session, space, budget, config, training=mode, probes=probes)
+            metrics = result.probes
         for kept in probes:
             append_jsonl(OUT, {"dataset": dataset, "kind": "supernet", "mode": mode, "kept": list(kept),
-                               "steps": steps, "validation": round(result.probes[kept], 5),
+                               "steps": steps, "validation": round(metrics[kept], 5),
                                "supernet_seconds": round(time.perf_counter() - start, 1), "machine": machine()})
         print(f"{dataset} supernet {mode}: {time.perf_counter() - start:.0f} s", flush=True)
     for kept in probes:
