@@ -33,8 +33,8 @@ Quantization = Literal["none", "nf4", "fp4", "int8"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 #: how a one-shot supernet trains: ``gates``, every slice open as far as its learned gate says (expected
-#: cost = budget, S3Delta); ``subnets``, one random hard sub-network within the budget per step, the
-#: readouts then chosen by comparing sub-networks inside the trained supernet (autopeft.oneshot)
+#: cost = budget, S3Delta); ``subnets``, one random hard sub-network within the budget per step, the gates
+#: untouched (autopeft.oneshot; either way the readouts are chosen by measuring inside the supernet)
 SupernetTraining = Literal["gates", "subnets"]
 SUPERNET_TRAININGS: tuple[str, ...] = get_args(SupernetTraining)
 

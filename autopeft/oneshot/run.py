@@ -116,15 +116,15 @@ def measured_readouts(space: SearchSpace, session: Session, run: TrialRun, super
     winner: tuple[int, ...] | None = None
     for cut in readout_budgets(result.slices, budget, k):
         cut_of_ranking = tuple(readout(specs, result.scores, cut)) if ranked else ()
-        pool = ({tuple(filled_subnet(specs, cut, draw)) for _ in range(per_budget)}
-                | {cut_of_ranking} | ({winner} if winner else set())) - {()}
-        for kept in sorted(pool):
+        contenders = sorted(({tuple(filled_subnet(specs, cut, draw)) for _ in range(per_budget)}
+                             | {cut_of_ranking} | ({winner} if winner else set())) - {()})
+        if not contenders:
+            continue
+        for kept in contenders:
             if kept not in result.probes:
                 result.probes[kept] = subnet_metric(run, supernet, kept)
-        if not pool:
-            continue
         # ties: the smaller budget's readout, then the ranking's cut, then the lowest slices
-        best = max(sorted(pool), key=lambda kept: (result.probes[kept], kept == winner, kept == cut_of_ranking))
+        best = max(contenders, key=lambda kept: (result.probes[kept], kept == winner, kept == cut_of_ranking))
         if best == winner:
             continue
         winner = best

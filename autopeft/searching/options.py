@@ -50,8 +50,8 @@ SEARCH_OPTIONS = OptionTable.of(
                     "trained as the trials; oneshot+bayes: the readouts first, then the sampler"),
         Option("readouts", 8, type=int, help="oneshot strategies: plans read out of the supernet (default 8)"),
         Option("supernet", "gates", choices=SUPERNET_TRAININGS,
-               help="oneshot strategies: gates: learned budget gates rank the candidates (default); subnets: one "
-                    "random sub-network per step, readouts = the best sub-networks measured inside the supernet"),
+               help="oneshot strategies, how the supernet trains: gates: every candidate behind a learned budget "
+                    "gate (default); subnets: one random sub-network within the budget per step"),
         Option("seed", 0, type=int, help="sampler seed; trial n trains with seed + n"),
         Option("max_failures", 5, type=int, help="stop after this many failed trials"),
     )),
