@@ -10,6 +10,12 @@ distribution of the ``subnets`` supernet), each
   supernet: ``gates`` (S3Delta's soft budget gates, the first design) and ``subnets`` (one random hard
   sub-network per step, SPOS / OFA), both for the same ``--steps`` at lr 1e-3 and seed 0.
 
+Two cheaper judges are measured against the same truth: the supernet's sub-network **fine-tuned
+briefly** from the supernet's weights (``gates+tune``: ``--tune-steps`` AdamW steps on its open slices
+and the head, then evaluated; OFA's fine-tune before judging) and the sub-network **trained from
+scratch for the same few steps** (``short``: what a low rung of the search measures at that cost). The
+supernet is worth its training only if ``gates+tune`` ranks better than ``short``.
+
 Reported: Spearman's rank correlation between each supernet's validation accuracy and the real
 validation accuracy over the sub-networks, next to the trivial predictor (the parameter count), with
 95% intervals (Fisher z): with 12 sub-networks they are wide, and the real accuracies carry their own
@@ -55,8 +61,12 @@ SPACE = "compact"
 BUDGET_FRACTION = 0.005
 LR = 1e-3
 SEED = 0
-MODES = ("gates", "subnets", "gates+head")
-HEAD_STEPS = 100  # gates+head: head-only steps with the sub-network's slices open, before its evaluation
+#: supernet judges; ``short`` is a real training of ``--tune-steps`` steps from scratch (a low rung)
+MODES = ("gates", "subnets", "gates+head", "gates+tune", "short")
+REFITS = {"gates+head": "head", "gates+tune": "slices"}  # refit modes -> what their steps train
+LABELS = {"gates": "in `gates` supernet", "subnets": "in `subnets` supernet",
+          "gates+head": "`gates`, head re-fit", "gates+tune": "`gates`, fine-tuned", "short": "real, short"}
+TUNE_STEPS = 100  # steps of gates+head, gates+tune and short (of 800 for the real training)
 
 
 def subnets(slices, budget: float, n: int) -> list[tuple[int, ...]]:
@@ -71,20 +81,23 @@ def subnets(slices, budget: float, n: int) -> list[tuple[int, ...]]:
     return out
 
 
-def head_refit_metric(run: TrialRun, supernet, kept: tuple[int, ...], steps: int = HEAD_STEPS) -> float:
-    """Validation accuracy of the supernet with only ``kept`` open after ``steps`` head-only AdamW steps
-    (lr 1e-3, a fresh batch order) in that configuration; every weight is restored afterwards. Tests
-    whether the collapse of sub-networks inside the supernet is the shared head's co-adaptation."""
+def refit_metric(run: TrialRun, supernet, kept: tuple[int, ...], trains: str, steps: int) -> float:
+    """Validation accuracy of the supernet with only ``kept`` open after ``steps`` AdamW steps (lr 1e-3,
+    constant, a fresh batch order) in that configuration, training the head alone (``trains="head"``:
+    is the collapse of sub-networks inside the supernet the shared head's co-adaptation?) or the open
+    slices and the head (``"slices"``: a short fine-tune from the inherited weights). Closed slices get
+    no gradient (their opening is 0); every weight is restored afterwards."""
     session = run.session
     head = list(head_parameters(session.model).values())
-    saved = [p.detach().clone() for p in head]
-    others = [p for _, p in supernet.trainable_parameters() if not any(p is h for h in head)]
-    flags = [p.requires_grad for p in others]
-    for p in others:
-        p.requires_grad_(False)
+    weights = [p for _, p in supernet.trainable_parameters() if p is not supernet.gates.raw]
+    saved = [p.detach().clone() for p in weights]
+    flags = [p.requires_grad for p in weights]
+    trained = head if trains == "head" else weights
+    for p in weights:
+        p.requires_grad_(any(p is t for t in trained))
     supernet.fixed_openings = torch.zeros_like(supernet.gates.raw)
     supernet.fixed_openings[list(kept)] = 1.0
-    optimizer = torch.optim.AdamW(head, lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained, lr=1e-3, weight_decay=0.0)
     batches = session.train_batches(TrainConfig(steps=steps, lr=1e-3, seed=run.config.seed + 1,
                                                 batch_size=run.config.batch_size))
     try:
@@ -100,26 +113,32 @@ def head_refit_metric(run: TrialRun, supernet, kept: tuple[int, ...], steps: int
     finally:
         session.model.eval()
         with torch.no_grad():
-            for p, value in zip(head, saved, strict=True):
+            for p, value in zip(weights, saved, strict=True):
                 p.copy_(value)
-        for p, flag in zip(others, flags, strict=True):
+        for p, flag in zip(weights, flags, strict=True):
             p.requires_grad_(flag)
         supernet.fixed_openings = None
 
 
-def gates_with_head_refit(session, space, budget: float, config: TrainConfig,
-                          probes: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[float, float]]:
-    """The gates supernet trained exactly as train_supernet does; per probe (plain, head re-fit) metrics."""
+def gates_with_refits(session, space, budget: float, config: TrainConfig, probes: list[tuple[int, ...]],
+                      refits: list[str], steps: int) -> dict[str, dict[tuple[int, ...], float]]:
+    """The gates supernet trained exactly as train_supernet does; per mode (``gates`` and each of
+    ``refits``) and probe, its metric."""
     torch.manual_seed(config.seed)
     session.reset_head(config.seed)
     supernet = build_supernet(session.model, session.arch, space, budget,
                               train_head=session.task == "classification")
     with TrialRun(session, supernet, config) as run:
         run.advance(config.steps)
-        return {kept: (subnet_metric(run, supernet, kept), head_refit_metric(run, supernet, kept)) for kept in probes}
+        out: dict[str, dict[tuple[int, ...], float]] = {"gates": {}, **{mode: {} for mode in refits}}
+        for kept in probes:
+            out["gates"][kept] = subnet_metric(run, supernet, kept)
+            for mode in refits:
+                out[mode][kept] = refit_metric(run, supernet, kept, REFITS[mode], steps)
+        return out
 
 
-def run_dataset(dataset: str, n: int, steps: int) -> None:
+def run_dataset(dataset: str, n: int, steps: int, tune_steps: int) -> None:
     done = {(r["dataset"], r["kind"], r.get("mode"), tuple(r.get("kept", ())), r["steps"]) for r in read_jsonl(OUT)}
     prepared = load(dataset)
     session = prepared.session
@@ -128,25 +147,40 @@ def run_dataset(dataset: str, n: int, steps: int) -> None:
     slices = candidates(space, session.arch)
     probes = subnets(slices, budget, n)
     config = TrainConfig(steps=steps, lr=LR, seed=SEED)
-    for mode in MODES:
-        if all((dataset, "supernet", mode, kept, steps) in done for kept in probes):
-            continue
-        start = time.perf_counter()
-        if mode == "gates+head":
-            both = gates_with_head_refit(session, space, budget, config, probes)
-            metrics = {kept: refit for kept, (_, refit) in both.items()}
-            plain = {tuple(r["kept"]): r["validation"] for r in read_jsonl(OUT)
-                     if (r["dataset"], r["kind"], r.get("mode"), r["steps"]) == (dataset, "supernet", "gates", steps)}
-            print("plain metrics reproduce the gates run:",
-                  all(round(both[k][0], 5) == plain.get(k) for k in probes), flush=True)
-        else:
-            result, _ = train_supernet(session, space, budget, config, training=mode, probes=probes)
-            metrics = result.probes
+    missing = [mode for mode in MODES if not all((dataset, "supernet", mode, kept, steps) in done for kept in probes)]
+
+    def record(mode: str, metrics: dict[tuple[int, ...], float], seconds: float) -> None:
         for kept in probes:
             append_jsonl(OUT, {"dataset": dataset, "kind": "supernet", "mode": mode, "kept": list(kept),
-                               "steps": steps, "validation": round(metrics[kept], 5),
-                               "supernet_seconds": round(time.perf_counter() - start, 1), "machine": machine()})
-        print(f"{dataset} supernet {mode}: {time.perf_counter() - start:.0f} s", flush=True)
+                               "steps": steps, "tune_steps": tune_steps if mode in (*REFITS, "short") else None,
+                               "validation": round(metrics[kept], 5), "supernet_seconds": round(seconds, 1),
+                               "machine": machine()})
+        print(f"{dataset} {mode}: {seconds:.0f} s", flush=True)
+
+    refits = [mode for mode in REFITS if mode in missing]
+    if refits:  # one gates supernet for every refit mode (its training is deterministic: checked below)
+        start = time.perf_counter()
+        metrics = gates_with_refits(session, space, budget, config, probes, refits, tune_steps)
+        plain = {tuple(r["kept"]): r["validation"] for r in read_jsonl(OUT)
+                 if (r["dataset"], r["kind"], r.get("mode"), r["steps"]) == (dataset, "supernet", "gates", steps)}
+        if plain:
+            print("plain metrics reproduce the gates run:",
+                  all(round(metrics["gates"][k], 5) == plain.get(k) for k in probes), flush=True)
+        for mode in refits:
+            record(mode, metrics[mode], time.perf_counter() - start)
+        if "gates" in missing:
+            record("gates", metrics["gates"], time.perf_counter() - start)
+    for mode in ("gates", "subnets"):
+        if mode in missing and not (mode == "gates" and refits):
+            start = time.perf_counter()
+            result, _ = train_supernet(session, space, budget, config, training=mode, probes=probes)
+            record(mode, result.probes, time.perf_counter() - start)
+    if "short" in missing:  # the same sub-networks trained from scratch for tune_steps (own schedule)
+        start = time.perf_counter()
+        short = TrainConfig(steps=tune_steps, lr=LR, seed=SEED)
+        metrics = {kept: train_plan(session, sample_of(space, session.arch, slices, list(kept)).plan(),
+                                    short).validation.value for kept in probes}
+        record("short", metrics, time.perf_counter() - start)
     for kept in probes:
         if (dataset, "standalone", None, kept, steps) in done:
             continue
@@ -174,7 +208,7 @@ def spearman_text(predicted: list[float], real: list[float]) -> str:
 
 def summarize() -> str:
     runs = read_jsonl(OUT)
-    lines = ["| dataset | steps | sub-networks | Spearman: params | " + " | ".join(f"Spearman: supernet `{m}`"
+    lines = ["| dataset | steps | sub-networks | Spearman: params | " + " | ".join(f"Spearman: {LABELS[m]}"
                                                                            for m in MODES) + " |",
              "|---|---|---|---|" + "---|" * len(MODES)]
     details = []
@@ -193,7 +227,7 @@ def summarize() -> str:
                          if all(k in proxy for k in keys) and len(keys) > 2 else "-")
         lines.append(f"| {dataset} | {steps} | {len(keys)} | " + " | ".join(cells) + " |")
         details += [f"\n{dataset}, {steps} steps (validation accuracy %):\n",
-                    "| sub-network | params | real | " + " | ".join(f"in `{m}`" for m in MODES) + " |",
+                    "| sub-network | params | real | " + " | ".join(LABELS[m] for m in MODES) + " |",
                     "|---|---|---|" + "---|" * len(MODES)]
         for k in keys:
             units = ", ".join(f"{u} {m}" for u, m in truth[k]["units"].items())
@@ -207,6 +241,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="rotten_tomatoes")
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--tune-steps", type=int, default=TUNE_STEPS,
+                        help="steps of the gates+head / gates+tune refits and of the short real training")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
@@ -220,7 +256,7 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         if dataset not in ("trec", "rotten_tomatoes"):
             raise SystemExit(f"{dataset}: tuning datasets only (trec, rotten_tomatoes)")
-        run_dataset(dataset, args.n, args.steps)
+        run_dataset(dataset, args.n, args.steps, args.tune_steps)
 
 
 if __name__ == "__main__":
