@@ -104,11 +104,14 @@ def _with_prefix(inner: str) -> Callable:
         if packing is not None:  # padding-free blocks (autopeft/peft/unpad.py): attend in the padded layout
             query, key, value = (unpack_heads(packing, t) for t in (query, key, value))
         prefix = getattr(module, PREFIX_ATTR, None)
-        if prefix is not None:
+        gate = getattr(prefix, "inner_gate", None)
+        # a supernet's prefix whose every position is closed is skipped, not masked with -inf: the masked
+        # attention equals the base only up to rounding (longer reductions; kernels differ by CPU)
+        if prefix is not None and (gate is None or bool((gate > 0).any())):
             prefix_key, prefix_value = prefix.key_value(attention_mask)
             key, value, attention_mask = extend_with_prefix(
                 prefix_key, prefix_value, query, key, value, attention_mask,
-                causal=bool(getattr(module, "is_causal", False)), prefix_gate=getattr(prefix, "inner_gate", None),
+                causal=bool(getattr(module, "is_causal", False)), prefix_gate=gate,
             )
             kwargs.pop("is_causal", None)
         output, weights = base(module, query, key, value, attention_mask, **kwargs)  # output (B, T, h, d)
