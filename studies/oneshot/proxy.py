@@ -139,7 +139,10 @@ def gates_with_refits(session, space, budget: float, config: TrainConfig, probes
 
 
 def run_dataset(dataset: str, n: int, steps: int, tune_steps: int) -> None:
-    done = {(r["dataset"], r["kind"], r.get("mode"), tuple(r.get("kept", ())), r["steps"]) for r in read_jsonl(OUT)}
+    # a refit or short record counts only at its own --tune-steps (the first gates+head records, written
+    # before the field existed, used 100)
+    done = {(r["dataset"], r["kind"], r.get("mode"), tuple(r.get("kept", ())), r["steps"],
+             r.get("tune_steps", TUNE_STEPS) if r.get("mode") in (*REFITS, "short") else None) for r in read_jsonl(OUT)}
     prepared = load(dataset)
     session = prepared.session
     space = load_space(SPACE)
@@ -147,7 +150,9 @@ def run_dataset(dataset: str, n: int, steps: int, tune_steps: int) -> None:
     slices = candidates(space, session.arch)
     probes = subnets(slices, budget, n)
     config = TrainConfig(steps=steps, lr=LR, seed=SEED)
-    missing = [mode for mode in MODES if not all((dataset, "supernet", mode, kept, steps) in done for kept in probes)]
+    missing = [mode for mode in MODES if not all(
+        (dataset, "supernet", mode, kept, steps, tune_steps if mode in (*REFITS, "short") else None) in done
+        for kept in probes)]
 
     def record(mode: str, metrics: dict[tuple[int, ...], float], seconds: float) -> None:
         for kept in probes:
@@ -182,7 +187,7 @@ def run_dataset(dataset: str, n: int, steps: int, tune_steps: int) -> None:
                                     short).validation.value for kept in probes}
         record("short", metrics, time.perf_counter() - start)
     for kept in probes:
-        if (dataset, "standalone", None, kept, steps) in done:
+        if (dataset, "standalone", None, kept, steps, None) in done:
             continue
         plan = sample_of(space, session.arch, slices, list(kept)).plan()
         start = time.perf_counter()
