@@ -549,3 +549,57 @@ def test_a_worker_killed_while_sampling_is_found_dead_at_once_not_after_the_grac
     trial = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]
     assert trial.state == TrialState.RUNNING and "status" not in trial.user_attrs
     assert is_stale(trial, grace_s=GRACE_S)  # its pid is gone: no need to wait GRACE_S
+
+
+def _open_when_told(url: str, start: float) -> str:
+    from autopeft.core.errors import UserError
+    from autopeft.study.files import open_storage
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        open_storage(url)
+        return "ok"
+    except UserError as exc:
+        return str(exc)
+
+
+@pytest.mark.slow  # spawns 4 processes
+def test_processes_opening_one_new_storage_at_once_all_succeed(tmp_path):
+    # a search, its second worker and `autopeft pareto` may create the same new database at the same moment
+    # (Optuna inserts its schema version without a lock: the loser saw an IntegrityError and the search exited)
+    import concurrent.futures
+    import multiprocessing
+    for round_ in range(2):  # without the retry, the first round already failed (4 processes, 2 cores)
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
+            pool.submit(time.sleep, 0).result()  # warm the pool: the workers have imported by the start time
+            start = time.time() + 3.0
+            outcomes = list(pool.map(_open_when_told, [url] * 4, [start] * 4))
+        assert outcomes == ["ok"] * 4
+
+
+def test_a_lost_schema_race_is_retried_and_other_storage_errors_are_not(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    from autopeft.core.errors import UserError
+    from autopeft.study import files
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(files.optuna.storages, "RDBStorage", racing)
+    assert files.open_storage(f"sqlite:///{tmp_path / 'a.db'}") is not None and len(calls) == 2
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+
+    calls.clear()
+    monkeypatch.setattr(files.optuna.storages, "RDBStorage", broken)
+    with pytest.raises(UserError, match="unable to open database file"):
+        files.open_storage(f"sqlite:///{tmp_path / 'b.db'}")
+    assert len(calls) == 1

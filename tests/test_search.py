@@ -162,10 +162,14 @@ def test_sigkill_mid_trial_then_same_command_resumes_without_losing_anything(ass
     # the same search, killed while a trial trains past its first rung
     out = tmp_path / "killed"
     command, env = _cli(assets, out, *flags)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.log"
+    with log.open("w") as stream:
+        process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while (victim := _running_with_checkpoint(out)) is None:
-        assert process.poll() is None and time.time() < deadline, "the search ended before it could be killed"
+        ended = process.poll()
+        assert ended is None and time.time() < deadline, (
+            f"the search ended (code {ended}) before it could be killed:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()

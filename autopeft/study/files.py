@@ -22,11 +22,13 @@ import json
 import os
 import platform
 import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.choices import TrialStatus
@@ -39,6 +41,7 @@ from autopeft.study.layout import StudyLayout, retrain_records
 COLUMNS = ["number", "state", "status", "baseline", "metric", "params", "params_pct", "memory_bytes", "steps", "rung_metrics",
            "retrain_mean", "retrain_std", "duration_s", "seed", "reason", "summary", "plan", "readout"]
 SETTINGS_ATTR = "settings"
+SCHEMA_RACE_RETRIES = 5
 
 
 def normalize_storage_url(url: str) -> str:
@@ -60,14 +63,37 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except ImportError as exc:
-        raise UserError(f"--storage {mask_url(url)}: missing database driver ({exc}); for PostgreSQL "
-                        "install autopeft[postgres]") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot use this URL"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--storage {mask_url(url)}: cannot open the storage ({first[:200]})") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except sqlalchemy.exc.DatabaseError as exc:
+            if not lost_schema_race(exc):
+                raise_storage_error(url, first_line(exc))
+            # Two processes creating the same new database (a search and its second worker, or a search and
+            # `autopeft pareto`) both create Optuna's tables and insert its schema version; the loser fails
+            # although the schema is then complete. Optuna has no lock around its creation: open again.
+            if attempt == SCHEMA_RACE_RETRIES:
+                raise_storage_error(url, "another process was creating its tables; re-run the same command")
+            time.sleep(0.2 * (attempt + 1))
+        except ImportError as exc:
+            raise UserError(f"--storage {mask_url(url)}: missing database driver ({exc}); for PostgreSQL "
+                            "install autopeft[postgres]") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot use this URL"
+            raise_storage_error(url, first_line(exc))
+    raise AssertionError("unreachable")
+
+
+def lost_schema_race(exc: Exception) -> bool:
+    """Whether opening failed because another process created the same tables at the same moment."""
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
+
+
+def first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def raise_storage_error(url: str, reason: str) -> NoReturn:
+    raise UserError(f"--storage {mask_url(url)}: cannot open the storage ({reason[:200]})") from None
 
 
 def mask_url(url: str) -> str:

@@ -225,13 +225,15 @@ def storage_of(root: Path, settings: dict[str, Any]) -> tuple[str, str]:
 
 
 def load_optuna_study(root: Path, settings: dict[str, Any] | None = None):
-    import optuna
+    import optuna  # optuna, pandas and the storage only when a command reads the trials: a fast --help
+
+    from autopeft.study.files import open_storage
 
     settings = settings if settings is not None else _read_json(StudyLayout(root).settings_json)
     url, name = storage_of(root, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UserError(f"{root}: the storage holds no study named '{name}'") from None
 
