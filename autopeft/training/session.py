@@ -71,6 +71,9 @@ class Metrics:
     name: str  # primary metric
     greater_is_better: bool
     values: dict[str, float] = field(default_factory=dict)
+    # classification: whether each example of the split (in split order) was predicted right; the
+    # comparison with the best baseline pairs them example by example (autopeft.searching.uplift)
+    correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def value(self) -> float:
@@ -266,11 +269,12 @@ def _bucket_by_length(batches: list[list[int]], data: TokenizedSplit,
 
 
 def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor) -> Metrics:
-    accuracy = (predictions == labels).float().mean().item()
+    correct = predictions == labels
+    accuracy = correct.float().mean().item()
     f1s = []
     for c in labels.unique().tolist():
         tp = ((predictions == c) & (labels == c)).sum().item()
         fp = ((predictions == c) & (labels != c)).sum().item()
         fn = ((predictions != c) & (labels == c)).sum().item()
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return Metrics("accuracy", True, {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)})
+    return Metrics("accuracy", True, {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}, correct=correct)
