@@ -10,12 +10,14 @@ import statistics
 from typing import get_args
 
 import pytest
+import torch
 from scipy import stats
 
 from autopeft.cli.main import main
 from autopeft.core.arch import arch_from_config
 from autopeft.core.errors import UserError
 from autopeft.searching.baselines import RECIPES, fitting_baselines
+from autopeft.searching.comparison import uplift
 from autopeft.searching.options import parse_baselines
 from autopeft.searching.settings import BaselineName
 from autopeft.searching.uplift import (
@@ -25,6 +27,7 @@ from autopeft.searching.uplift import (
     paired_difference_over_examples,
 )
 from autopeft.testing import TINY_SPACE, tiny_config, tiny_csv, tiny_model_dir
+from autopeft.training.session import Metrics
 
 
 def test_paired_difference_on_a_fixture():
@@ -88,6 +91,19 @@ def test_a_uplift_of_a_few_examples_is_noise_even_when_every_seed_agrees():
         paired_difference_over_examples([[1, 0]], [[1, 0, 1]])
 
 
+def test_the_comparison_pairs_examples_when_the_metric_has_them():
+    def accuracy(correct: list[int]) -> Metrics:
+        return Metrics("accuracy", True, {"accuracy": sum(correct) / len(correct)}, correct=torch.tensor(correct).bool())
+
+    ours = [accuracy([1, 1, 0, 1]), accuracy([1, 0, 1, 1])]
+    theirs = [accuracy([1, 0, 0, 1]), accuracy([0, 0, 1, 1])]
+    assert uplift(ours, theirs, True) == paired_difference_over_examples([[1, 1, 0, 1], [1, 0, 1, 1]],
+                                                                         [[1, 0, 0, 1], [0, 0, 1, 1]])
+    # a language model's loss has no per-example outcome: seeds only, lower is better
+    losses = [Metrics("loss", False, {"loss": v}) for v in (2.0, 2.1, 2.3, 2.2)]
+    assert uplift(losses[:2], losses[2:], False) == paired_difference([2.0, 2.1], [2.3, 2.2], greater_is_better=False)
+
+
 def test_accuracy_standard_error():
     assert accuracy_standard_error(0.8, 500) == pytest.approx(math.sqrt(0.8 * 0.2 / 500))  # ~1.8 points
 
@@ -132,7 +148,10 @@ def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_pat
         seeds = comparison["seeds"]
         assert len(comparison["validation"]["pick"]) == len(comparison["validation"]["baseline"]) == len(seeds) == 2
         expected = paired_difference(comparison["validation"]["pick"], comparison["validation"]["baseline"])
+        # the uplift pairs the re-evaluated adapters example by example: the same means as the retrainings'
         assert comparison["validation"]["uplift"]["mean"] == pytest.approx(expected.mean)
+        assert comparison["validation"]["uplift"]["examples"] == summary["data"]["split_sizes"]["validation"]
+        assert comparison["test"]["uplift"]["examples"] == summary["data"]["split_sizes"]["test"]
         for seed in seeds:  # the baseline was retrained on the pick's own seeds
             assert (out / "trials" / f"{comparison['trial']:04d}" / f"seed-{seed}" / "metrics.json").is_file()
         picked_baseline = not comparison["validation"]["uplift"]["beyond_noise"]
@@ -142,3 +161,25 @@ def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_pat
     assert main(["pareto", str(out)]) == 0
     assert f"uplift over the best baseline ({comparison['baseline']}" in capsys.readouterr().out \
         or comparison["pick_is_baseline"]
+
+
+def test_the_pick_meets_a_weaker_baseline_example_by_example(tmp_path):
+    # a lone Pfeiffer baseline is not the pick here, so the final stage retrains it on the pick's seeds and
+    # pairs the two seed by seed and example by example, on validation and on test
+    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    out = tmp_path / "study"
+    assert main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+                 "--budget", "1.2k", "--batch-size", "8", "--trials", "4", "--max-steps", "40", "--min-steps", "20",
+                 "--seeds", "2", "--workers", "1", "--out", str(out), "--quiet", "--baselines", "pfeiffer"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    comparison, sizes = summary["baseline_comparison"], summary["data"]["split_sizes"]
+    assert comparison["baseline"] == "pfeiffer" and not comparison["pick_is_baseline"]
+    for split in ("validation", "test"):
+        record = comparison[split]
+        expected = paired_difference(record["pick"], record["baseline"])
+        assert record["uplift"]["mean"] == pytest.approx(expected.mean) and record["uplift"]["examples"] == sizes[split]
+        assert record["uplift"]["low"] <= expected.low  # the examples' noise widens the seeds' interval
+    kept_search = comparison["validation"]["uplift"]["beyond_noise"]
+    assert comparison["picked"] == ("search" if kept_search else "baseline")
+    assert (summary["best"]["trial"] == comparison["trial"]) == (not kept_search)

@@ -5,8 +5,11 @@
 2. It is retrained at full fidelity with the pick's own seeds (``trials/<b>/seed-<s>/``), so the two
    pair up seed by seed; both are evaluated on validation and on test for every seed.
 3. The uplift is the paired difference pick - baseline (:mod:`autopeft.searching.uplift`). If it is not
-   beyond noise on validation (a one-sided paired t-test at 5%), the search has not shown that it beats
-   the baseline: the pick becomes the baseline, and the report says so. Test numbers are reported, never
+   beyond noise on validation, the search has not shown that it beats the baseline: the pick becomes the
+   baseline, and the report says so. For accuracy the noise is that of the seeds and of the validation
+   examples together (both adapters are evaluated example by example; the pick was chosen on these
+   examples, so seed noise alone let lucky picks through: ``studies/search-quality/selection.py``);
+   for other metrics, a one-sided paired t-test over the seeds at 5%. Test numbers are reported, never
    used to decide.
 """
 
@@ -23,8 +26,15 @@ from autopeft.peft.artifacts import load_adapter
 from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.context import SearchContext
 from autopeft.searching.progress import Reporter
-from autopeft.searching.uplift import accuracy_standard_error, describe_comparison, paired_difference
+from autopeft.searching.uplift import (
+    PairedDifference,
+    accuracy_standard_error,
+    describe_comparison,
+    paired_difference,
+    paired_difference_over_examples,
+)
 from autopeft.training.config import TrainConfig
+from autopeft.training.session import Metrics
 
 # (trial, seed) -> the retraining's validation metric, training it if needed (final_stage.run_job)
 Retrain = Callable[[FrozenTrial, int], float]
@@ -41,14 +51,23 @@ def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial |
     return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
 
 
-def test_metrics(ctx: SearchContext, directories: list[Path]) -> list[dict[str, float]]:
-    """The test metrics of each adapter directory (evaluated once: the final stage reuses them for best/)."""
+def evaluate_adapters(ctx: SearchContext, directories: list[Path], split: str) -> list[Metrics]:
+    """The metrics of each adapter directory on ``split`` (test: evaluated once, the final stage reuses
+    them for best/)."""
     session = ctx.prepared.session
     metrics = []
     for directory in directories:
         plan, state, config = load_adapter(directory)
-        metrics.append(session.evaluate_adapter(plan, state, "test", TrainConfig(**config["train"])).values)
+        metrics.append(session.evaluate_adapter(plan, state, split, TrainConfig(**config["train"])))
     return metrics
+
+
+def uplift(ours: list[Metrics], theirs: list[Metrics], greater_is_better: bool) -> PairedDifference:
+    """Paired seed by seed, and example by example where the metric has per-example outcomes."""
+    if all(m.correct is not None for m in [*ours, *theirs]):
+        return paired_difference_over_examples([m.correct.tolist() for m in ours],  # type: ignore[union-attr]
+                                               [m.correct.tolist() for m in theirs])  # type: ignore[union-attr]
+    return paired_difference([m.value for m in ours], [m.value for m in theirs], greater_is_better)
 
 
 def standard_errors(ctx: SearchContext, validation: float, test: float | None) -> dict[str, float] | None:
@@ -63,10 +82,11 @@ def standard_errors(ctx: SearchContext, validation: float, test: float | None) -
 
 
 def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_record: dict[str, Any],
-            pick_tests: list[dict[str, float]], retrain: Retrain,
-            reporter: Reporter) -> tuple[dict[str, Any] | None, list[dict[str, float]]]:
+            pick_dirs: list[Path], pick_tests: list[Metrics], retrain: Retrain,
+            reporter: Reporter) -> tuple[dict[str, Any] | None, list[Metrics]]:
     """The comparison record (None when the study has no baseline that trained) and the baseline's test
-    metrics on the pick's seeds (empty when it was not retrained). ``pick_tests``: the pick's, seed by seed."""
+    metrics on the pick's seeds (empty when it was not retrained). ``pick_dirs``/``pick_tests``: the pick's
+    adapters and test metrics, seed by seed."""
     greater = ctx.objectives.greater_is_better
     baseline = best_baseline(study, greater)
     if baseline is None:
@@ -74,7 +94,7 @@ def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_rec
     name = baseline.user_attrs[BASELINE_ATTR]
     seeds = pick_record["seeds"]
     primary = ctx.prepared.session.primary_metric
-    ours_test = [m[primary] for m in pick_tests]
+    ours_test = [m.values[primary] for m in pick_tests]
     if baseline.number == pick.number:
         record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": True, "picked": "baseline",
                   "seeds": seeds, "validation": {"pick": pick_record["values"]}, "test": {"pick": ours_test}}
@@ -83,10 +103,12 @@ def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_rec
     reporter.info(f"comparing the pick with the best baseline, {name} (trial {baseline.number}), "
                   f"on the pick's {len(seeds)} seeds")
     theirs_validation = [retrain(baseline, seed) for seed in seeds]
-    theirs_tests = test_metrics(ctx, [ctx.files.seed_dir(baseline.number, seed) for seed in seeds])
-    theirs_test = [m[primary] for m in theirs_tests]
-    validation = paired_difference(pick_record["values"], theirs_validation, greater)
-    test = paired_difference(ours_test, theirs_test, greater)
+    theirs_dirs = [ctx.files.seed_dir(baseline.number, seed) for seed in seeds]
+    theirs_tests = evaluate_adapters(ctx, theirs_dirs, "test")
+    theirs_test = [m.values[primary] for m in theirs_tests]
+    validation = uplift(evaluate_adapters(ctx, pick_dirs, "validation"),
+                        evaluate_adapters(ctx, theirs_dirs, "validation"), greater)
+    test = uplift(pick_tests, theirs_tests, greater)
     picked = "search" if validation.beyond_noise else "baseline"
     record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": False, "picked": picked,
               "seeds": seeds,

@@ -50,7 +50,7 @@ from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.bookkeeping import joiners_fit, top_rung_front
-from autopeft.searching.comparison import best_baseline, compare, standard_errors, test_metrics
+from autopeft.searching.comparison import best_baseline, compare, evaluate_adapters, standard_errors
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.progress import Reporter
@@ -240,11 +240,14 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
     retrained = [e for e in front if e["trial"] in records] or [entry(n) for n in sorted(records)]
     chosen = pick(retrained, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
-    best_tests = test_metrics(ctx, [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]])
-    comparison, baseline_tests = compare(ctx, study, best_trial, best_record, best_tests,
+    best_dirs = [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]]
+    best_test_metrics = evaluate_adapters(ctx, best_dirs, "test")
+    comparison, baseline_tests = compare(ctx, study, best_trial, best_record, best_dirs, best_test_metrics,
                                          lambda trial, seed: run_job(ctx, trial, seed, reporter), reporter)
+    best_tests = [m.values for m in best_test_metrics]
     if comparison is not None and comparison["picked"] == "baseline" and not comparison["pick_is_baseline"]:
-        best_trial, best_tests = study.get_trials(deepcopy=False)[comparison["trial"]], baseline_tests
+        best_trial = study.get_trials(deepcopy=False)[comparison["trial"]]
+        best_tests = [m.values for m in baseline_tests]
         values = comparison["validation"]["baseline"]
         mean, std = mean_std(values)
         best_record = {"seeds": comparison["seeds"], "values": values, "mean": mean, "std": std,
