@@ -77,28 +77,33 @@ def bits(correct: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in correct.tolist())
 
 
-def run(dataset: str, steps: int, shard: int, shards: int) -> None:
+def run(dataset: str, steps: int, shard: int, shards: int, baseline_lrs: tuple[float, ...] = ()) -> None:
+    """Train every candidate at ``LR`` with every seed, or with ``baseline_lrs`` only the baseline at those
+    learning rates (what one sampled lr costs the in-search baseline)."""
     path = HERE / f"selection-{dataset}.jsonl"
-    done = {(r["plan"], r["seed"]) for r in read_jsonl(path) if r["steps"] == steps}
-    jobs = [(name, plan, seed) for name, plan in candidate_plans().items() for seed in SEEDS]
-    mine = [job for i, job in enumerate(jobs) if i % shards == shard and (job[0], job[2]) not in done]
+    done = {(r["plan"], r["seed"], r["lr"]) for r in read_jsonl(path) if r["steps"] == steps}
+    if baseline_lrs:
+        jobs = [(BASELINE, LORA_R8_QV, seed, lr) for lr in baseline_lrs for seed in SEEDS]
+    else:
+        jobs = [(name, plan, seed, LR) for name, plan in candidate_plans().items() for seed in SEEDS]
+    mine = [job for i, job in enumerate(jobs) if i % shards == shard and (job[0], job[2], job[3]) not in done]
     print(f"{dataset}: {len(mine)} of {len(jobs)} runs in shard {shard}/{shards}", flush=True)
     if not mine:
         return
     prepared = load(dataset)
     session = prepared.session
-    for name, plan, seed in mine:
+    for name, plan, seed, lr in mine:
         start = time.perf_counter()
-        config = TrainConfig(steps=steps, lr=LR, seed=seed)
+        config = TrainConfig(steps=steps, lr=lr, seed=seed)
         outcome = train_plan(session, plan, config)
         test = session.evaluate_adapter(plan, outcome.state, "test", config)
         assert outcome.validation.correct is not None and test.correct is not None
-        append_jsonl(path, {"dataset": dataset, "plan": name, "seed": seed, "steps": steps, "lr": LR,
+        append_jsonl(path, {"dataset": dataset, "plan": name, "seed": seed, "steps": steps, "lr": lr,
                             "params": outcome.adapter_params, "validation": outcome.validation.value,
                             "test": test.value, "validation_correct": bits(outcome.validation.correct),
                             "test_correct": bits(test.correct), "seconds": round(time.perf_counter() - start, 1),
                             "machine": machine()})
-        print(f"{name} seed {seed}: validation {outcome.validation.value:.4f} test {test.value:.4f} "
+        print(f"{name} lr {lr:g} seed {seed}: validation {outcome.validation.value:.4f} test {test.value:.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -208,11 +213,13 @@ def per_plan(validation: Correct, test: Correct) -> list[dict]:
 
 
 def summarize(dataset: str, steps: int, subset: int, searches: int) -> str:
-    records = [r for r in read_jsonl(HERE / f"selection-{dataset}.jsonl") if r["steps"] == steps]
+    everything = [r for r in read_jsonl(HERE / f"selection-{dataset}.jsonl") if r["steps"] == steps]
+    records = [r for r in everything if r["lr"] == LR]
     validation, test = correctness(records)
     result = {"dataset": dataset, "runs": len(records), "plans": len(validation), "subset": subset,
               "searches": searches, "simulation": simulate(validation, test, subset, searches),
-              "per_plan": per_plan(validation, test), "machine": records[0]["machine"] if records else None}
+              "per_plan": per_plan(validation, test), "baseline_by_lr": baseline_by_lr(everything),
+              "machine": records[0]["machine"] if records else None}
     (HERE / f"selection-{dataset}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"## Keep-the-pick rules on {dataset} ({len(validation) - 1} candidate plans + {BASELINE}, "
              f"lr {LR}, {len(SEEDS)} seeds each, {len(validation[BASELINE][0])} validation / "
@@ -236,7 +243,26 @@ def summarize(dataset: str, steps: int, subset: int, searches: int) -> str:
         lines.append(f"| {row['plan']} | {100 * row['validation_seed0']:.1f} | {100 * row['validation']:.1f} | "
                      f"{'yes' if row['keep_seeds'] else 'no'} | {'yes' if row['keep_seeds+examples'] else 'no'} | "
                      f"{100 * u['mean']:+.1f} [{100 * u['low']:+.1f}, {100 * u['high']:+.1f}] |")
+    if len(result["baseline_by_lr"]) > 1:
+        lines += ["", f"{BASELINE} by learning rate (the in-search baseline gets one lr drawn from the space's "
+                  "range), mean ± std over its seeds:", "", "| lr | seeds | validation | test |", "|---|---|---|---|"]
+        for row in result["baseline_by_lr"]:
+            lines.append(f"| {row['lr']:g} | {row['seeds']} | {100 * row['validation'][0]:.1f} ± "
+                         f"{100 * row['validation'][1]:.1f} | {100 * row['test'][0]:.1f} ± {100 * row['test'][1]:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def baseline_by_lr(records: list[dict]) -> list[dict]:
+    """LoRA r8 q,v's validation and test accuracy (mean, std over seeds) at each lr it was trained with."""
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    rows = []
+    for lr in sorted({r["lr"] for r in records if r["plan"] == BASELINE}):
+        runs = [r for r in records if r["plan"] == BASELINE and r["lr"] == lr]
+        rows.append({"lr": lr, "seeds": len(runs), "validation": mean_std([r["validation"] for r in runs]),
+                     "test": mean_std([r["test"] for r in runs])})
+    return rows
 
 
 def main() -> None:
@@ -247,6 +273,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--subset", type=int, default=8, help="candidates per simulated search")
     parser.add_argument("--searches", type=int, default=2000)
+    parser.add_argument("--baseline-lrs", default="",
+                        help="comma-separated: train only LoRA r8 q,v at these lrs (4 seeds each)")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
     if args.summarize:
@@ -258,7 +286,7 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     shard, shards = (int(x) for x in args.shard.split("/"))
-    run(args.dataset, args.steps, shard, shards)
+    run(args.dataset, args.steps, shard, shards, tuple(float(x) for x in args.baseline_lrs.split(",") if x))
 
 
 if __name__ == "__main__":
