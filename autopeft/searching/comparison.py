@@ -106,8 +106,11 @@ def compare(ctx: SearchContext, study: optuna.Study, pick: FrozenTrial, pick_rec
     theirs_dirs = [ctx.files.seed_dir(baseline.number, seed) for seed in seeds]
     theirs_tests = evaluate_adapters(ctx, theirs_dirs, "test")
     theirs_test = [m.values[primary] for m in theirs_tests]
-    validation = uplift(evaluate_adapters(ctx, pick_dirs, "validation"),
-                        evaluate_adapters(ctx, theirs_dirs, "validation"), greater)
+    if primary == "accuracy":  # per-example outcomes: evaluate both again, example by example
+        validation = uplift(evaluate_adapters(ctx, pick_dirs, "validation"),
+                            evaluate_adapters(ctx, theirs_dirs, "validation"), greater)
+    else:  # the retrainings' own values say all there is: no second evaluation of a language model
+        validation = paired_difference(pick_record["values"], theirs_validation, greater)
     test = uplift(pick_tests, theirs_tests, greater)
     picked = "search" if validation.beyond_noise else "baseline"
     record = {"baseline": name, "trial": baseline.number, "pick_is_baseline": False, "picked": picked,
