@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sqlib import LORA_R8_QV, append_jsonl, load, machine, read_jsonl  # noqa: E402
 
 from autopeft.peft.plan import Plan  # noqa: E402
+from autopeft.searching.final_stage import mean_std  # noqa: E402
 from autopeft.searching.uplift import paired_difference, paired_difference_over_examples  # noqa: E402
 from autopeft.training.config import TrainConfig  # noqa: E402
 from autopeft.training.trial_run import train_plan  # noqa: E402
@@ -254,9 +255,6 @@ def summarize(dataset: str, steps: int, subset: int, searches: int) -> str:
 
 def baseline_by_lr(records: list[dict]) -> list[dict]:
     """LoRA r8 q,v's validation and test accuracy (mean, std over seeds) at each lr it was trained with."""
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     rows = []
     for lr in sorted({r["lr"] for r in records if r["plan"] == BASELINE}):
         runs = [r for r in records if r["plan"] == BASELINE and r["lr"] == lr]

@@ -21,13 +21,10 @@ import pandas as pd
 from scipy import stats
 from sqlib import HERE, read_jsonl
 
+from autopeft.searching.final_stage import mean_std
 from autopeft.searching.uplift import accuracy_standard_error, paired_difference
 
 PEFT_BASELINES = ("lora r8 q,v", "parallel adapter")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def recipe_rows(records: list[dict], seeds: list[int]) -> dict[str, dict]:
