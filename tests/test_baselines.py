@@ -126,15 +126,20 @@ def test_baselines_are_scaled_down_to_the_budget_or_left_out():
     assert fitting_baselines(get_args(BaselineName), arch, 10) == []
 
 
-@pytest.mark.slow
-def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_path, capsys):
+def _search(tmp_path, *options: str):
+    """A search of the tiny model on a tiny dataset (1.2k budget, 2 seeds); its study directory."""
     model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     out = tmp_path / "study"
-    code = main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
-                 "--budget", "1.2k", "--batch-size", "8", "--trials", "6", "--max-steps", "60", "--min-steps", "20",
-                 "--seeds", "2", "--workers", "1", "--out", str(out)])
-    assert code == 0
+    assert main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
+                 "--budget", "1.2k", "--batch-size", "8", "--min-steps", "20", "--seeds", "2", "--workers", "1",
+                 "--out", str(out), *options]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_path, capsys):
+    out = _search(tmp_path, "--trials", "6", "--max-steps", "60")
     err = capsys.readouterr().err
     rows = [line.split(",") for line in (out / "trials.csv").read_text().splitlines()]
     header = rows[0]
@@ -163,15 +168,11 @@ def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_pat
         or comparison["pick_is_baseline"]
 
 
+@pytest.mark.slow
 def test_the_pick_meets_a_weaker_baseline_example_by_example(tmp_path):
     # a lone Pfeiffer baseline is not the pick here, so the final stage retrains it on the pick's seeds and
     # pairs the two seed by seed and example by example, on validation and on test
-    model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
-    (tmp_path / "space.yaml").write_text(TINY_SPACE)
-    out = tmp_path / "study"
-    assert main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
-                 "--budget", "1.2k", "--batch-size", "8", "--trials", "4", "--max-steps", "40", "--min-steps", "20",
-                 "--seeds", "2", "--workers", "1", "--out", str(out), "--quiet", "--baselines", "pfeiffer"]) == 0
+    out = _search(tmp_path, "--trials", "4", "--max-steps", "40", "--quiet", "--baselines", "pfeiffer")
     summary = json.loads((out / "summary.json").read_text())
     comparison, sizes = summary["baseline_comparison"], summary["data"]["split_sizes"]
     assert comparison["baseline"] == "pfeiffer" and not comparison["pick_is_baseline"]
