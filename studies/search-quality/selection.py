@@ -263,6 +263,10 @@ def baseline_by_lr(records: list[dict]) -> list[dict]:
     return rows
 
 
+def learning_rates(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="trec", choices=TUNING)
@@ -271,7 +275,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--subset", type=int, default=8, help="candidates per simulated search")
     parser.add_argument("--searches", type=int, default=2000)
-    parser.add_argument("--baseline-lrs", default="",
+    parser.add_argument("--baseline-lrs", default=(), type=learning_rates,
                         help="comma-separated: train only LoRA r8 q,v at these lrs (4 seeds each)")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
@@ -284,7 +288,7 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     shard, shards = (int(x) for x in args.shard.split("/"))
-    run(args.dataset, args.steps, shard, shards, tuple(float(x) for x in args.baseline_lrs.split(",") if x))
+    run(args.dataset, args.steps, shard, shards, args.baseline_lrs)
 
 
 if __name__ == "__main__":
