@@ -148,3 +148,48 @@ def test_method_training_hooks_are_called():
         assert run.handle.regularization().item() == 1.0
         run.advance(3)
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_head_lr_scale_multiplies_only_the_heads_learning_rate():
+    """A head-only plan at lr x 10 equals lr with head_lr_scale 10, bitwise; with adapters, the head's group
+    follows the schedule at lr x scale and the adapters' at lr."""
+    session = _session()
+    head_only = Plan(())
+    scaled = train_plan(session, head_only, TrainConfig(steps=20, lr=1e-3, head_lr_scale=10.0, precision="fp32"))
+    plain = train_plan(session, head_only, TrainConfig(steps=20, lr=1e-2, precision="fp32"))
+    unscaled = train_plan(session, head_only, TrainConfig(steps=20, lr=1e-3, precision="fp32"))
+    assert set(scaled.state) == set(plain.state)
+    assert all(torch.equal(scaled.state[k], plain.state[k]) for k in plain.state)
+    assert not all(torch.equal(unscaled.state[k], plain.state[k]) for k in plain.state)
+
+    config = TrainConfig(steps=10, lr=1e-3, head_lr_scale=4.0, warmup_ratio=0.0, precision="fp32")
+    with start_run(session, LORA, config) as run:
+        groups = run.optimizer.param_groups
+        assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
+        head_ids = {id(p) for name, p in run.handle.trainable_parameters() if name.startswith("head.")}
+        assert {id(p) for p in groups[1]["params"]} == head_ids and head_ids
+        assert not head_ids & {id(p) for p in groups[0]["params"]}
+        run.advance(1)
+        assert groups[0]["lr"] == pytest.approx(1e-3) and groups[1]["lr"] == pytest.approx(4e-3)
+
+
+def test_head_lr_scale_must_be_positive():
+    from autopeft.core.errors import UserError
+
+    with pytest.raises(UserError, match="head_lr_scale must be > 0"):
+        TrainConfig(head_lr_scale=0.0)
+
+
+def test_auto_precision_autocasts_only_where_bf16_is_native():
+    from autopeft.core.errors import UserError
+    from autopeft.training.step import step_recipe, uses_bf16
+
+    # auto follows the hardware; an explicit bf16 is kept on any CPU (emulated) but not on a GPU without it
+    assert [uses_bf16("auto", d, n) for d in ("cpu", "cuda") for n in (True, False)] == [True, False, True, False]
+    assert [uses_bf16("bf16", d, n) for d in ("cpu", "cuda") for n in (True, False)] == [True, True, True, False]
+    assert not any(uses_bf16("fp32", d, n) for d in ("cpu", "cuda") for n in (True, False))
+    assert TrainConfig().precision == "auto"
+    assert step_recipe(TrainConfig(), "cpu", native_bf16=False).autocast_bf16 is False
+    assert step_recipe(TrainConfig(), "cpu", native_bf16=True).frozen_bf16_copies is True
+    with pytest.raises(UserError, match="precision must be one of auto, bf16, fp32"):
+        TrainConfig(precision="fp16")  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from autopeft.core.choices import PREFIX_CACHES, Precision, PrefixCache
+from autopeft.core.choices import PRECISION_CHOICES, PREFIX_CACHES, PrecisionChoice, PrefixCache
 from autopeft.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -22,10 +22,13 @@ class TrainConfig:
     steps: int = 150
     batch_size: int = 16
     lr: float = 1e-3
+    # the task head's learning rate is lr x head_lr_scale: a classifier starts from a random head, which the
+    # head-only recipe trains best at ~10x an adapter's lr (studies/search-quality/lr_structure.py)
+    head_lr_scale: float = 1.0
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
-    precision: Precision = "bf16"
+    precision: PrecisionChoice = "auto"  # see autopeft.core.choices
     eval_batch_size: int = 64
     seed: int = 0
     bucket_by_length: bool = False  # training batches of similar lengths (see the module docstring)
@@ -39,6 +42,10 @@ class TrainConfig:
             raise UserError("steps, batch size and eval batch size must be >= 1")
         if not self.lr > 0:
             raise UserError(f"learning rate must be > 0, got {self.lr}")
+        if not self.head_lr_scale > 0:
+            raise UserError(f"head_lr_scale must be > 0 (the head's lr = lr x head_lr_scale), got {self.head_lr_scale}")
+        if self.precision not in PRECISION_CHOICES:
+            raise UserError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.prefix_cache not in PREFIX_CACHES:
             raise UserError(f"prefix_cache must be off, bf16 or fp32, got {self.prefix_cache!r}")
 

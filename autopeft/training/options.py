@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autopeft.core.choices import PRECISIONS, QUANTIZATIONS, TASK_KINDS
+from autopeft.core.choices import PRECISION_CHOICES, QUANTIZATIONS, TASK_KINDS
 from autopeft.core.errors import UserError
 from autopeft.core.extras import require
 from autopeft.core.options import Option, OptionGroup, OptionTable
@@ -40,8 +40,12 @@ def train_options(steps: int | None, steps_help: str | None = None) -> OptionTab
         Option("steps", steps, type=int, help=f"training steps per trial (default {steps_help or steps})"),
         Option("batch_size", 16, type=int),
         Option("lr", 1e-3, type=float, help="learning rate when the space does not search it"),
-        Option("precision", "bf16", choices=PRECISIONS,
-               help="bf16 = bf16 autocast with fp32 master weights (default); fp32 = full precision"),
+        Option("head_lr_scale", 1.0, type=float,
+               help="the task head's learning rate is lr x this, when the space does not search it (default 1)"),
+        Option("precision", "auto", choices=PRECISION_CHOICES,
+               help="auto = bf16 autocast with fp32 master weights where the hardware computes bf16 natively "
+                    "(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32 (default); bf16 = always "
+                    "(emulated, ~17x slower, on other CPUs); fp32 = full precision"),
     )))
 
 

@@ -103,10 +103,15 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def bf16_supported(device: torch.device) -> bool:
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX tiles
+    (torch's own CPU feature probes)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+    if device.type != "cpu":
+        return False
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 class Session:
@@ -249,7 +254,7 @@ class Session:
 
     def recipe(self, config: TrainConfig) -> StepRecipe:
         """How a step of ``config`` runs on this session's device (:mod:`autopeft.training.step`)."""
-        return step_recipe(config, self.device.type, bf16_supported(self.device))
+        return step_recipe(config, self.device.type, native_bf16(self.device))
 
     def autocast(self, bf16: bool):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -73,10 +73,19 @@ class StepRecipe:
                    pack_multiple=DEFAULT_PACK_MULTIPLE, head_rows=False, prefix_cache="off", compile=False)
 
 
-def step_recipe(config: TrainConfig, device: str, bf16_supported: bool = True) -> StepRecipe:
-    """The step autopeft's trainer runs for ``config`` on a ``device`` ("cpu" or "cuda")."""
+def uses_bf16(precision: str, device: str, native_bf16: bool) -> bool:
+    """Whether a run at ``precision`` autocasts to bf16: ``auto`` where the device computes bf16 natively;
+    ``bf16`` on any CPU (emulated where not native: slow, but what was asked) or a GPU that has it."""
+    if precision == "auto":
+        return native_bf16
+    return precision == "bf16" and (device == "cpu" or native_bf16)
+
+
+def step_recipe(config: TrainConfig, device: str, native_bf16: bool = True) -> StepRecipe:
+    """The step autopeft's trainer runs for ``config`` on a ``device`` ("cpu" or "cuda") that computes bf16
+    natively or not (:func:`autopeft.training.session.native_bf16`)."""
     cpu = device == "cpu"
-    bf16 = config.precision == "bf16" and bf16_supported
+    bf16 = uses_bf16(config.precision, device, native_bf16)
     return StepRecipe(
         device="cpu" if cpu else "cuda",
         autocast_bf16=bf16,

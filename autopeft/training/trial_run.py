@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from autopeft.core.errors import UserError
-from autopeft.peft.inject import InjectionHandle, inject
+from autopeft.peft.inject import HEAD_PREFIX, InjectionHandle, inject
 from autopeft.peft.plan import Plan
 from autopeft.peft.unpad import unpadded
 from autopeft.training.config import TrainConfig
@@ -111,7 +111,8 @@ class TrialRun:
         self._params = [p for _, p in self._named]
         for param in self._params:  # the head is shared by all trials: no gradient left by an earlier one
             param.grad = None
-        self.optimizer = make_optimizer(self._params, config.lr, config.weight_decay)
+        head = [p for name, p in self._named if name.startswith(HEAD_PREFIX)]
+        self.optimizer = make_optimizer(self._params, config.lr, config.weight_decay, head, config.head_lr_scale)
         # the plan's first layer k: the hidden states entering it come from the session's cache
         self.prefix_layer = first_trained_layer(handle.plan, session.arch)
         self.prefix = FrozenPrefix(session, self.prefix_layer if config.cache_dtype else 0, config.cache_dtype)
@@ -166,7 +167,7 @@ class TrialRun:
                 raise DivergedError(f"training loss is {loss.item()} at step {step}")
             if self.optimizer is not None:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_ratio)
+                    group["lr"] = config.lr * group.get("lr_scale", 1.0) * lr_factor(step, config.steps, config.warmup_ratio)
                 (loss if regularization is None else loss + regularization).backward()
                 torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
                 self.optimizer.step()

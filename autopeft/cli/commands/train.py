@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 INHERITED_DATA = ("model", "dataset", "task", "text_column", "text_pair_column", "label_column", "max_length",
                   "split_seed", "quantize")
-INHERITED_TRAIN = ("lr", "batch_size", "precision", "steps")  # a study's steps: its full fidelity
+INHERITED_TRAIN = ("lr", "head_lr_scale", "batch_size", "precision", "steps")  # a study's steps: its full fidelity
 
 
 def _cli_defaults() -> dict:
@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if args.epochs is not None:
         steps = steps_for_epochs(args.epochs, len(prepared.session.splits["train"].input_ids), args.batch_size)
-    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
-                         seed=args.seed)
+    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                         precision=args.precision, seed=args.seed)
     start = time.perf_counter()
     outcome = train_plan(prepared.session, plan, config)
     test = prepared.session.evaluate_adapter(plan, outcome.state, "test", config)
