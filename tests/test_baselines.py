@@ -9,6 +9,8 @@ import math
 import statistics
 from typing import get_args
 
+import optuna
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -16,7 +18,7 @@ from scipy import stats
 from autopeft.cli.main import main
 from autopeft.core.arch import arch_from_config
 from autopeft.core.errors import UserError
-from autopeft.searching.baselines import RECIPES, fitting_baselines
+from autopeft.searching.baselines import RECIPES, fitting_baselines, spread_learning_rates
 from autopeft.searching.comparison import uplift
 from autopeft.searching.options import parse_baselines
 from autopeft.searching.settings import BaselineName
@@ -26,6 +28,7 @@ from autopeft.searching.uplift import (
     paired_difference,
     paired_difference_over_examples,
 )
+from autopeft.space.nodes import Choice, Fixed, Float
 from autopeft.testing import TINY_SPACE, tiny_config, tiny_csv, tiny_model_dir
 from autopeft.training.session import Metrics
 
@@ -126,6 +129,26 @@ def test_baselines_are_scaled_down_to_the_budget_or_left_out():
     assert fitting_baselines(get_args(BaselineName), arch, 10) == []
 
 
+def test_baseline_learning_rates_are_spread_over_the_spaces_range():
+    compact = Float(5e-4, 3e-3, log=True)  # the compact space's range
+    # log-midpoints of N equal slices of [ln 5e-4, ln 3e-3], at two significant digits
+    assert spread_learning_rates(compact, 2) == (7.8e-4, 1.9e-3)
+    assert spread_learning_rates(compact, 3) == (6.7e-4, 1.2e-3, 2.2e-3)
+    assert spread_learning_rates(compact, 1) == (1.2e-3,)  # the geometric middle
+    assert spread_learning_rates(Float(1e-3, 5e-3), 2) == (2e-3, 4e-3)  # a linear range: linear midpoints
+    assert spread_learning_rates(Float(1e-3, 5e-3, step=1e-3), 2) == pytest.approx((2e-3, 4e-3))
+    assert spread_learning_rates(Choice((3e-3, 1e-3, 1e-2)), 2) == (1e-3, 1e-2)  # sorted options, spread
+    assert spread_learning_rates(Choice((1e-3,)), 3) == (1e-3,)
+    # nothing to spread: a fixed lr, a space that does not search it, or 0 (the sampler draws it)
+    assert spread_learning_rates(Fixed(1e-3), 2) == spread_learning_rates(None, 2) == ()
+    assert spread_learning_rates(compact, 0) == ()
+
+
+def test_baseline_lrs_must_not_be_negative(tmp_path, capsys):
+    assert main(["search", "--dataset", "nowhere.csv", "--baseline-lrs", "-1", "--out", str(tmp_path / "s")]) == 2
+    assert "--baseline-lrs must be >= 0" in capsys.readouterr().err
+
+
 def _search(tmp_path, *options: str):
     """A search of the tiny model on a tiny dataset (1.2k budget, 2 seeds); its study directory."""
     model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
@@ -139,13 +162,17 @@ def _search(tmp_path, *options: str):
 
 @pytest.mark.slow
 def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_path, capsys):
-    out = _search(tmp_path, "--trials", "6", "--max-steps", "60")
+    out = _search(tmp_path, "--trials", "8", "--max-steps", "60")
     err = capsys.readouterr().err
-    rows = [line.split(",") for line in (out / "trials.csv").read_text().splitlines()]
-    header = rows[0]
-    marked = {r[0]: r[header.index("baseline")] for r in rows[1:] if r[header.index("baseline")]}
-    # the warm start is trial 0; the three baselines are the next trials
-    assert marked == {"1": "lora-r8-qv (size 2)", "2": "pfeiffer", "3": "parallel-adapter (size 1)"}
+    trials = pd.read_csv(out / "trials.csv")
+    marked = {int(t.number): t.baseline for t in trials.itertuples() if isinstance(t.baseline, str)}
+    # the warm start is trial 0; the three baselines are the next trials, each at the two lrs spread over the
+    # space's range [5e-3, 3e-2] (log-midpoints of two slices: 7.8e-3 and 1.9e-2)
+    assert marked == {1: "lora-r8-qv (size 2), lr 0.0078", 2: "lora-r8-qv (size 2), lr 0.019",
+                      3: "pfeiffer, lr 0.0078", 4: "pfeiffer, lr 0.019",
+                      5: "parallel-adapter (size 1), lr 0.0078", 6: "parallel-adapter (size 1), lr 0.019"}
+    study = optuna.load_study(study_name="autopeft", storage=f"sqlite:///{out / 'study.db'}")
+    assert [study.trials[n].params["training.lr"] for n in sorted(marked)] == [0.0078, 0.019] * 3
     summary = json.loads((out / "summary.json").read_text())
     comparison = summary["baseline_comparison"]
     assert comparison["baseline"] in marked.values()
@@ -172,7 +199,9 @@ def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_pat
 def test_the_pick_meets_a_weaker_baseline_example_by_example(tmp_path):
     # a lone Pfeiffer baseline is not the pick here, so the final stage retrains it on the pick's seeds and
     # pairs the two seed by seed and example by example, on validation and on test
-    out = _search(tmp_path, "--trials", "4", "--max-steps", "40", "--quiet", "--baselines", "pfeiffer")
+    # --baseline-lrs 0: one Pfeiffer trial, its lr drawn by the sampler
+    out = _search(tmp_path, "--trials", "4", "--max-steps", "40", "--quiet", "--baselines", "pfeiffer",
+                  "--baseline-lrs", "0")
     summary = json.loads((out / "summary.json").read_text())
     comparison, sizes = summary["baseline_comparison"], summary["data"]["split_sizes"]
     assert comparison["baseline"] == "pfeiffer" and not comparison["pick_is_baseline"]

@@ -70,6 +70,9 @@ SEARCH_OPTIONS = OptionTable.of(
         Option("baselines", ",".join(get_args(BaselineName)),
                help="standard recipes trained as the first trials, and compared with the pick at the end: "
                     f"comma-separated from {', '.join(get_args(BaselineName))}, or none (default: all)"),
+        Option("baseline_lrs", 2, type=int,
+               help="train each baseline at this many learning rates spread over the space's lr range (log "
+                    "scale; the best meets the pick), or 0: one lr drawn by the sampler (default 2)"),
         Option("seeds", 3, type=int, help="retrain each finalist with this many seeds (default 3)"),
         Option("finalists", 3, type=int,
                help="front plans retrained with --seeds seeds: the best by metric (default 3; --pick knee "
@@ -105,6 +108,9 @@ def settings_from_options(values: dict[str, Any]):
 
     if values["trials"] < 1:
         raise UserError(f"--trials must be >= 1, got {values['trials']}")
+    if values["baseline_lrs"] < 0:
+        raise UserError(f"--baseline-lrs must be >= 0 (0: the sampler draws each baseline's lr), got "
+                        f"{values['baseline_lrs']}")
     if values["seeds"] < 1:
         raise UserError(f"--seeds must be >= 1, got {values['seeds']}")
     if values["readouts"] < 1:
@@ -132,13 +138,13 @@ def settings_from_options(values: dict[str, Any]):
         seed=values["seed"], sampler=values["sampler"], max_failures=values["max_failures"],
         # with epochs, train.steps is a placeholder until the data is loaded (build_context resolves it)
         train=TrainConfig(steps=values["steps"] or DEFAULT_EPOCH_STEPS_CAP, batch_size=values["batch_size"],
-                          lr=values["lr"], precision=values["precision"]),
+                          lr=values["lr"], head_lr_scale=values["head_lr_scale"], precision=values["precision"]),
         min_steps=values["min_steps"], eta=values["eta"], seeds=values["seeds"],
         finalists=values["finalists"], pick=values["pick"],
         workers=workers, threads=threads, storage=values["storage"], study_name=values["study_name"],
         backend=values["backend"], ray_address=values["ray_address"],
         ray_cpus_per_trial=values["ray_cpus_per_trial"], ray_gpus_per_trial=values["ray_gpus_per_trial"],
-        baselines=parse_baselines(values["baselines"]),
+        baselines=parse_baselines(values["baselines"]), baseline_lrs=values["baseline_lrs"],
         epochs=epochs, epoch_steps_cap=cap, strategy=values["strategy"], readouts=values["readouts"],
         supernet=values["supernet"],
     )

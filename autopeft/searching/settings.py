@@ -66,6 +66,7 @@ class SearchSettings:
     ray_cpus_per_trial: float = 1.0
     ray_gpus_per_trial: float = 0.0
     baselines: tuple[BaselineName, ...] = get_args(BaselineName)
+    baseline_lrs: int = 2  # each baseline at this many lrs spread over the space's range; 0: sampled (baselines.py)
     epochs: float | None = None  # full fidelity in epochs; resolved to train.steps once the data is loaded
     epoch_steps_cap: int | None = None  # with epochs: at most this many steps (the default fidelity's cap)
     strategy: StrategyName = "bayes"

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
 from autopeft.core.errors import UserError
 from autopeft.searching.backends.optuna_worker import Worker
-from autopeft.searching.baselines import enqueue_baselines, fitting_baselines
+from autopeft.searching.baselines import enqueue_baselines, fitting_baselines, spread_learning_rates
 from autopeft.searching.bookkeeping import counted
 from autopeft.searching.context import SearchContext, open_study, record_settings
 from autopeft.searching.final_stage import jobs, run_share
@@ -52,7 +52,8 @@ def prepare_study(ctx: SearchContext, reporter: Reporter) -> optuna.Study:
         # always reaches down to the cheapest configuration and shows what the adapters add over it
         study.enqueue_trial(ctx.space.smallest(ctx.arch).trial_params(),
                             user_attrs={"warm_start": "smallest plan", "status": TrialStatus.QUEUED})
-        enqueue_baselines(study, fitting_baselines(ctx.settings.baselines, ctx.arch, ctx.budget))
+        enqueue_baselines(study, fitting_baselines(ctx.settings.baselines, ctx.arch, ctx.budget),
+                          spread_learning_rates(ctx.space.training.get("lr"), ctx.settings.baseline_lrs))
     study.set_user_attr(STARTED_ATTR, time.time())
     return study
 
