@@ -279,7 +279,8 @@ def test_plan_sources_and_inherited_training_options(study, model_dir):
     with pytest.raises(Exception, match="has no trial 99"):
         resolve_plan_source(f"{study}:99")
     blank = dict.fromkeys(("model", "dataset", "task", "text_column", "text_pair_column", "label_column",
-                           "max_length", "split_seed", "quantize", "lr", "batch_size", "precision", "steps"))
+                           "max_length", "split_seed", "quantize", "lr", "head_lr_scale", "batch_size", "precision",
+                           "steps"))
     args = argparse.Namespace(**blank)
     data = {"model": "m", "dataset": "d.csv", "text_column": "review", "max_length": 16}
     inherited = inherit(args, data, {"lr": 0.002, "steps": 600})
