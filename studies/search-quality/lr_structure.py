@@ -83,9 +83,10 @@ def bits(correct: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in correct.tolist())
 
 
-def run(datasets_: tuple[str, ...], steps: int, shard: int, shards: int) -> None:
+def run(datasets_: tuple[str, ...], steps: int, shard: int, shards: int, arms: tuple[str, ...] = tuple(ARMS),
+        lrs: tuple[float, ...] = LRS) -> None:
     done = {(r["dataset"], r["plan"], r["lr"], r["seed"]) for r in read_jsonl(RESULTS) if r["steps"] == steps}
-    jobs = [(d, name, lr, seed) for d in datasets_ for name in ARMS for lr in LRS for seed in SEEDS]
+    jobs = [(d, name, lr, seed) for d in datasets_ for name in arms for lr in lrs for seed in SEEDS]
     mine = [job for i, job in enumerate(jobs) if i % shards == shard and job not in done]
     print(f"{len(mine)} of {len(jobs)} runs in shard {shard}/{shards}", flush=True)
     for dataset in datasets_:
@@ -172,6 +173,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", default="trec", type=lambda text: tuple(text.split(",")),
                         help=f"comma-separated, from {', '.join(TUNING)} (default trec)")
+    parser.add_argument("--arms", default=tuple(ARMS), type=lambda text: tuple(text.split(",")),
+                        help=f"comma-separated subset of: {', '.join(ARMS)} (default all)")
+    parser.add_argument("--lrs", default=LRS, type=lambda text: tuple(float(x) for x in text.split(",")),
+                        help="comma-separated subset of the learning rates (default 2e-3,4e-3)")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--shard", default="0/1", help="k/n: run every n-th job starting at k")
     parser.add_argument("--threads", type=int, default=1)
@@ -189,7 +194,9 @@ def main() -> None:
     unknown = [d for d in args.datasets if d not in TUNING]
     if unknown:
         parser.error(f"--datasets: {', '.join(unknown)} is not a tuning dataset; choose from {', '.join(TUNING)}")
-    run(args.datasets, args.steps, shard, shards)
+    if set(args.arms) - set(ARMS) or set(args.lrs) - set(LRS):
+        parser.error(f"--arms must be among {', '.join(ARMS)}; --lrs among {', '.join(map(str, LRS))}")
+    run(args.datasets, args.steps, shard, shards, args.arms, args.lrs)
 
 
 if __name__ == "__main__":
