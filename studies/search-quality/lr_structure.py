@@ -173,8 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", default="trec", type=lambda text: tuple(text.split(",")),
                         help=f"comma-separated, from {', '.join(TUNING)} (default trec)")
-    parser.add_argument("--arms", default=tuple(ARMS), type=lambda text: tuple(text.split(",")),
-                        help=f"comma-separated subset of: {', '.join(ARMS)} (default all)")
+    parser.add_argument("--arms", default=tuple(ARMS), type=lambda text: tuple(text.split(";")),
+                        help=f"';'-separated (arm names hold commas) subset of: {'; '.join(ARMS)} (default all)")
     parser.add_argument("--lrs", default=LRS, type=lambda text: tuple(float(x) for x in text.split(",")),
                         help="comma-separated subset of the learning rates (default 2e-3,4e-3)")
     parser.add_argument("--steps", type=int, default=800)
@@ -195,7 +195,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--datasets: {', '.join(unknown)} is not a tuning dataset; choose from {', '.join(TUNING)}")
     if set(args.arms) - set(ARMS) or set(args.lrs) - set(LRS):
-        parser.error(f"--arms must be among {', '.join(ARMS)}; --lrs among {', '.join(map(str, LRS))}")
+        parser.error(f"--arms must be among {'; '.join(ARMS)}, --lrs among {', '.join(map(str, LRS))}")
     run(args.datasets, args.steps, shard, shards, args.arms, args.lrs)
 
 
