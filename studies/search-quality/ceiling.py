@@ -17,10 +17,8 @@ import json
 import subprocess
 import sys
 
-import datasets
 import torch
-import transformers
-from sqlib import HERE, LAYERS, LORA_R8_QV, append_jsonl, load, machine, read_jsonl, train_recipe
+from sqlib import HERE, LAYERS, LORA_R8_QV, append_jsonl, load, machine, quiet_logs, read_jsonl, train_recipe
 
 from autopeft.peft.plan import Plan, PlanEntry
 
@@ -95,8 +93,7 @@ def main() -> None:
     if args.table:
         print(table())
         return
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_logs()
     todo = jobs([int(s) for s in args.seeds.split(",")], [float(x) for x in args.lrs.split(",")],
                 [n for n in args.only.split(",") if n])
     if args.share >= 0:

@@ -13,9 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 
-import datasets
-import transformers
-from sqlib import HERE, LORA_R8_QV, append_jsonl, epoch_steps, load, machine, read_jsonl, train_recipe
+from sqlib import (
+    HERE,
+    LORA_R8_QV,
+    append_jsonl,
+    epoch_steps,
+    load,
+    machine,
+    quiet_logs,
+    read_jsonl,
+    train_recipe,
+)
 
 TUNING = ("trec", "rotten_tomatoes")
 LENGTHS = ("150", "0.5", "1", "2", "3")  # "150" = steps, the others epochs
@@ -27,8 +35,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--datasets", default=",".join(TUNING))
     args = parser.parse_args()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_logs()
     out = HERE / "fidelity.jsonl"
     done = {(r["dataset"], r["length"], r["lr"], r["seed"]) for r in read_jsonl(out)}
     for dataset in args.datasets.split(","):

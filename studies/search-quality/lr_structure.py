@@ -35,21 +35,26 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import datasets
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sqlib import LAYERS, LORA_R8_QV, append_jsonl, load, machine, read_jsonl  # noqa: E402
+from sqlib import (  # noqa: E402
+    LAYERS,
+    LORA_R8_QV,
+    append_jsonl,
+    load,
+    machine,
+    quiet_logs,
+    read_jsonl,
+    train_with_predictions,
+)
 
 from autopeft.peft.plan import Plan, PlanEntry  # noqa: E402
 from autopeft.searching.final_stage import mean_std  # noqa: E402
 from autopeft.searching.uplift import paired_difference_over_examples  # noqa: E402
 from autopeft.training.config import TrainConfig  # noqa: E402
-from autopeft.training.trial_run import train_plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "lr_structure.jsonl"
@@ -79,10 +84,6 @@ def plan_of(arm: str) -> Plan:
     return PLANS.get(arm, LORA_R8_QV)
 
 
-def bits(correct: torch.Tensor) -> str:
-    return "".join("1" if c else "0" for c in correct.tolist())
-
-
 def run(datasets_: tuple[str, ...], steps: int, shard: int, shards: int, arms: tuple[str, ...] = tuple(ARMS),
         lrs: tuple[float, ...] = LRS) -> None:
     done = {(r["dataset"], r["plan"], r["lr"], r["seed"]) for r in read_jsonl(RESULTS) if r["steps"] == steps}
@@ -95,20 +96,13 @@ def run(datasets_: tuple[str, ...], steps: int, shard: int, shards: int, arms: t
             continue
         session = load(dataset).session
         for _, name, lr, seed in todo:
-            start = time.perf_counter()
-            plan = plan_of(name)
             config = TrainConfig(steps=steps, lr=lr, seed=seed, head_lr_scale=HEAD_LR_SCALE.get(name, 1.0))
-            outcome = train_plan(session, plan, config)
-            test = session.evaluate_adapter(plan, outcome.state, "test", config)
-            assert outcome.validation.correct is not None and test.correct is not None
+            result = train_with_predictions(session, plan_of(name), config)
             append_jsonl(RESULTS, {"dataset": dataset, "plan": name, "seed": seed, "steps": steps, "lr": lr,
                                    "head_lr_scale": config.head_lr_scale,
-                                   "bf16": session.recipe(config).autocast_bf16, "params": outcome.adapter_params, "validation": outcome.validation.value,
-                                   "test": test.value, "validation_correct": bits(outcome.validation.correct),
-                                   "test_correct": bits(test.correct),
-                                   "seconds": round(time.perf_counter() - start, 1), "machine": machine()})
-            print(f"{dataset} {name} lr {lr:g} seed {seed}: validation {outcome.validation.value:.4f} "
-                  f"test {test.value:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+                                   "bf16": session.recipe(config).autocast_bf16, **result, "machine": machine()})
+            print(f"{dataset} {name} lr {lr:g} seed {seed}: validation {result['validation']:.4f} "
+                  f"test {result['test']:.4f} ({result['seconds']:.0f} s)", flush=True)
 
 
 def summarize(steps: int) -> str:
@@ -188,8 +182,7 @@ def main() -> None:
         print(text)
         return
     torch.set_num_threads(args.threads)
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_logs()
     shard, shards = (int(x) for x in args.shard.split("/"))
     unknown = [d for d in args.datasets if d not in TUNING]
     if unknown:

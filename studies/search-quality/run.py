@@ -24,9 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import torch
-import transformers
 from sqlib import (
     HEAD_ONLY,
     HERE,
@@ -37,6 +35,7 @@ from sqlib import (
     full_finetune,
     load,
     machine,
+    quiet_logs,
     read_jsonl,
     train_recipe,
 )
@@ -140,8 +139,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=";".join(RECIPES), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_logs()
     if args.threads:
         torch.set_num_threads(args.threads)
     for dataset in args.datasets.split(","):

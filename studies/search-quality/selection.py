@@ -39,22 +39,26 @@ import json
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import datasets
 import pandas as pd
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sqlib import LORA_R8_QV, append_jsonl, load, machine, read_jsonl  # noqa: E402
+from sqlib import (  # noqa: E402
+    LORA_R8_QV,
+    append_jsonl,
+    load,
+    machine,
+    quiet_logs,
+    read_jsonl,
+    train_with_predictions,
+)
 
 from autopeft.peft.plan import Plan  # noqa: E402
 from autopeft.searching.final_stage import mean_std  # noqa: E402
 from autopeft.searching.uplift import paired_difference, paired_difference_over_examples  # noqa: E402
 from autopeft.training.config import TrainConfig  # noqa: E402
-from autopeft.training.trial_run import train_plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2, 3)  # 0: the search's run; 1-3: the final stage's retraining
@@ -74,10 +78,6 @@ def candidate_plans() -> dict[str, Plan]:
     return plans
 
 
-def bits(correct: torch.Tensor) -> str:
-    return "".join("1" if c else "0" for c in correct.tolist())
-
-
 def run(dataset: str, steps: int, shard: int, shards: int, baseline_lrs: tuple[float, ...] = ()) -> None:
     """Train every candidate at ``LR`` with every seed, or with ``baseline_lrs`` only the baseline at those
     learning rates (what one sampled lr costs the in-search baseline)."""
@@ -94,18 +94,11 @@ def run(dataset: str, steps: int, shard: int, shards: int, baseline_lrs: tuple[f
     prepared = load(dataset)
     session = prepared.session
     for name, plan, seed, lr in mine:
-        start = time.perf_counter()
-        config = TrainConfig(steps=steps, lr=lr, seed=seed)
-        outcome = train_plan(session, plan, config)
-        test = session.evaluate_adapter(plan, outcome.state, "test", config)
-        assert outcome.validation.correct is not None and test.correct is not None
-        append_jsonl(path, {"dataset": dataset, "plan": name, "seed": seed, "steps": steps, "lr": lr,
-                            "params": outcome.adapter_params, "validation": outcome.validation.value,
-                            "test": test.value, "validation_correct": bits(outcome.validation.correct),
-                            "test_correct": bits(test.correct), "seconds": round(time.perf_counter() - start, 1),
+        result = train_with_predictions(session, plan, TrainConfig(steps=steps, lr=lr, seed=seed))
+        append_jsonl(path, {"dataset": dataset, "plan": name, "seed": seed, "steps": steps, "lr": lr, **result,
                             "machine": machine()})
-        print(f"{name} lr {lr:g} seed {seed}: validation {outcome.validation.value:.4f} test {test.value:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"{name} lr {lr:g} seed {seed}: validation {result['validation']:.4f} test {result['test']:.4f} "
+              f"({result['seconds']:.0f} s)", flush=True)
 
 
 # --- the simulation ----------------------------------------------------------------------------------
@@ -285,8 +278,7 @@ def main() -> None:
         print(text)
         return
     torch.set_num_threads(args.threads)
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_logs()
     shard, shards = (int(x) for x in args.shard.split("/"))
     run(args.dataset, args.steps, shard, shards, args.baseline_lrs)
 

@@ -18,12 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 
 from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.training.config import TrainConfig, steps_for_epochs
 from autopeft.training.options import DataOptions
 from autopeft.training.pipeline import Prepared, prepare
+from autopeft.training.session import Session
 from autopeft.training.trial_run import lr_factor, step_seed, train_plan
 
 HERE = Path(__file__).resolve().parent
@@ -139,6 +142,28 @@ def full_finetune(prepared: Prepared, steps: int, lr: float, seed: int) -> Resul
         session.invalidate_caches()
     return Result("full fine-tuning", lr, seed, steps, validation, test, sum(p.numel() for p in params),
                   time.perf_counter() - start)
+
+
+def quiet_logs() -> None:
+    """No transformers warnings or datasets progress bars in a study's log."""
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def bits(correct: torch.Tensor) -> str:
+    """Per-example correctness as a string of 0/1 (what the jsonl records keep)."""
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def train_with_predictions(session: Session, plan: Plan, config: TrainConfig) -> dict:
+    """Train ``plan`` with autopeft's trainer; validation and test accuracy with every example's outcome."""
+    start = time.perf_counter()
+    outcome = train_plan(session, plan, config)
+    test = session.evaluate_adapter(plan, outcome.state, "test", config)
+    assert outcome.validation.correct is not None and test.correct is not None
+    return {"params": outcome.adapter_params, "validation": outcome.validation.value, "test": test.value,
+            "validation_correct": bits(outcome.validation.correct), "test_correct": bits(test.correct),
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def append_jsonl(path: Path, record: dict) -> None:
