@@ -29,9 +29,9 @@ PER = ("layer-site", "layer", "site", "group", "group-site", "global")
 SCOPES = ("layer", "site", "model")
 RANGE_KEYS = {"int": ("int", "log", "step"), "float": ("float", "log", "step"), "choice": ("choice",)}
 #: training settings a space may search: (type, lowest allowed, highest allowed, low bound exclusive)
-TRAINING = {"lr": (float, 0.0, None, True), "head_lr_scale": (float, 0.0, None, True), "weight_decay": (float, 0.0, None, False),
-            "warmup_ratio": (float, 0.0, 1.0, False), "max_grad_norm": (float, 0.0, None, True),
-            "batch_size": (int, 1, None, False)}
+TRAINING = {"lr": (float, 0.0, None, True), "head_lr_scale": (float, 0.0, None, True),
+            "weight_decay": (float, 0.0, None, False), "warmup_ratio": (float, 0.0, 1.0, False),
+            "max_grad_norm": (float, 0.0, None, True), "batch_size": (int, 1, None, False)}
 RESERVED = ("training", "mask", "none")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 MAX_OPTIONS = 10_000

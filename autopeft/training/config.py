@@ -43,7 +43,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise UserError(f"learning rate must be > 0, got {self.lr}")
         if not self.head_lr_scale > 0:
-            raise UserError(f"head_lr_scale must be > 0 (the head's lr = lr x head_lr_scale), got {self.head_lr_scale}")
+            raise UserError(f"head_lr_scale must be > 0 (the head's lr = lr x head_lr_scale), "
+                            f"got {self.head_lr_scale}")
         if self.precision not in PRECISION_CHOICES:
             raise UserError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.prefix_cache not in PREFIX_CACHES:

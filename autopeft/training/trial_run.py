@@ -166,8 +166,9 @@ class TrialRun:
             if not torch.isfinite(loss):
                 raise DivergedError(f"training loss is {loss.item()} at step {step}")
             if self.optimizer is not None:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = config.lr * group.get("lr_scale", 1.0) * lr_factor(step, config.steps, config.warmup_ratio)
+                factor = lr_factor(step, config.steps, config.warmup_ratio)
+                for group in self.optimizer.param_groups:  # a checkpoint from before head_lr_scale has no lr_scale
+                    group["lr"] = config.lr * group.get("lr_scale", 1.0) * factor
                 (loss if regularization is None else loss + regularization).backward()
                 torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
                 self.optimizer.step()

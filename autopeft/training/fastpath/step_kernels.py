@@ -146,12 +146,11 @@ def cpu_step_kernels(enabled: bool):
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float,
                    head: list[nn.Parameter] | None = None, head_lr_scale: float = 1.0) -> torch.optim.Optimizer | None:
     """AdamW over ``params``; with ``head_lr_scale != 1`` the ``head`` parameters (a subset of ``params``)
-    form a second group whose ``lr_scale`` multiplies the scheduled lr (``group["lr_scale"]``)."""
+    form a second group whose ``lr_scale`` multiplies the scheduled lr (``group["lr_scale"]``). At scale 1
+    everything is one group: exactly the optimizer of a run without the option."""
     if not params:
         return None
-    if head_lr_scale == 1.0 or not head:  # one group: exactly the optimizer of a run without the option
-        return torch.optim.AdamW([{"params": params, "lr_scale": 1.0}], lr=lr, weight_decay=weight_decay, foreach=True)
-    head_ids = {id(p) for p in head}
+    head_ids = {id(p) for p in head or ()} if head_lr_scale != 1.0 else set()
     groups = [{"params": [p for p in params if id(p) not in head_ids], "lr_scale": 1.0},
               {"params": [p for p in params if id(p) in head_ids], "lr_scale": head_lr_scale}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay, foreach=True)
