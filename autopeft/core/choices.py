@@ -16,8 +16,8 @@ TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 Precision = Literal["bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 #: what a user asks for: auto = bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
-#: AVX512-BF16 or AMX), else fp32. A CPU without them emulates bf16: measured 17x slower per step than fp32
-#: (MiniLM LoRA step, 2-core AMD EPYC with AVX2 only: 3.49 s vs 0.21 s).
+#: AVX512-BF16 or AMX), else fp32. A CPU without them emulates bf16: measured 16.8x slower per step than fp32
+#: (MiniLM LoRA step, AMD EPYC with AVX2 only: 3.22 s vs 0.192 s, studies/step-speed/precision.json).
 PrecisionChoice = Literal["auto", "bf16", "fp32"]
 PRECISION_CHOICES: tuple[str, ...] = get_args(PrecisionChoice)
 
