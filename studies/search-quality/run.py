@@ -12,6 +12,12 @@ For each dataset:
 3. ``results/D/references.jsonl`` holds every run; ``summarize.py`` builds the tables.
 
     .venv/bin/python studies/search-quality/run.py --datasets trec,bbc_news,amazon_reviews,rotten_tomatoes
+
+A later search of the same dataset (another commit's default search) goes to its own ``--results`` folder;
+``--reference-lrs-from results`` then takes each recipe's learning rate from that earlier folder's grid
+instead of searching the grid again, copies its runs at those rates for the seeds the two picks share, and
+trains only the missing seeds (the references do not depend on the search; the rate stays chosen on
+validation). ``reference-lrs.json`` in the new folder records where each rate came from.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from sqlib import (
     MAX_LENGTH,
     PARALLEL_ADAPTER,
     append_jsonl,
+    chosen_lr,
     full_finetune,
     load,
     machine,
@@ -60,7 +67,7 @@ def search_command(dataset: str, out: Path, time_budget: str) -> list[str]:
 
 
 def run_search(dataset: str, results: Path, time_budget: str) -> None:
-    out = STUDIES / dataset
+    out = STUDIES / results.parent.name / dataset
     record_path = results / "search.json"
     if record_path.exists():
         return
@@ -82,6 +89,27 @@ def run_search(dataset: str, results: Path, time_budget: str) -> None:
     (record_path).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def adopt_reference_lrs(dataset: str, results: Path, source: str) -> None:
+    """Each recipe's lr as chosen in ``source`` (on validation, its first seed's grid), and its runs there at
+    that lr for the seeds this pick shares with that one; written once to ``reference-lrs.json``."""
+    path = results / "reference-lrs.json"
+    if path.exists():
+        return
+    origin = HERE / source / dataset
+    old_first_seed = json.loads((origin / "best-metrics.json").read_text())["test_retrain"]["seeds"][0]
+    seeds = json.loads((results / "best-metrics.json").read_text())["test_retrain"]["seeds"]
+    steps = json.loads((results / "summary.json").read_text())["settings"]["train"]["steps"]
+    records = read_jsonl(origin / "references.jsonl")
+    lrs = {name: chosen_lr(records, name, old_first_seed) for name in RECIPES}
+    done = {(r["recipe"], r["lr"], r["seed"]) for r in read_jsonl(results / "references.jsonl")}
+    for r in records:
+        if (r["lr"] == lrs[r["recipe"]] and r["seed"] in seeds and r["steps"] == steps
+                and (r["recipe"], r["lr"], r["seed"]) not in done):
+            append_jsonl(results / "references.jsonl", {**r, "copied_from": f"{source}/{dataset}"})
+    path.write_text(json.dumps({"from": f"{source}/{dataset}", "chosen_with_seed": old_first_seed,
+                                "lrs": lrs}, indent=2) + "\n")
+
+
 def run_references_parallel(dataset: str, results: Path, jobs: int) -> None:
     """The recipes split over ``jobs`` processes of one torch thread each (CPU throughput: two 1-thread
     trainings of this small model finish sooner than the same two one after another on 2 threads). Each
@@ -89,6 +117,7 @@ def run_references_parallel(dataset: str, results: Path, jobs: int) -> None:
     of ``references.jsonl``, so a restart resumes either way."""
     groups = [RECIPE_GROUPS[i::jobs] for i in range(jobs)]
     processes = [subprocess.Popen([sys.executable, __file__, "--datasets", dataset, "--references-only",
+                                   "--results", results.parent.name,
                                    "--recipes", ";".join(";".join(g) for g in group), "--threads", "1"])
                  for group in groups if group]
     codes = [p.wait() for p in processes]
@@ -120,10 +149,17 @@ def run_references(dataset: str, results: Path, recipes: tuple[str, ...] = tuple
                                                   "seconds")}), flush=True)
         return record
 
+    adopted = results / "reference-lrs.json"
+    if adopted.exists():
+        lrs = json.loads(adopted.read_text())["lrs"]
+        for name in recipes:
+            for seed in seeds:
+                run(name, lrs[name], seed)
+        return
     for name in recipes:
         grid = RECIPES[name][1]
         first = [run(name, lr, seeds[0]) for lr in grid]
-        chosen = max(first, key=lambda r: (r["validation"], -r["lr"]))["lr"]
+        chosen = chosen_lr(first, name, seeds[0])
         for seed in seeds[1:]:
             run(name, chosen, seed)
 
@@ -132,6 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", default="trec,bbc_news,amazon_reviews,rotten_tomatoes,newsgroups")
     parser.add_argument("--time-budget", default="20m")
+    parser.add_argument("--results", default="results", help="folder (under this study) for the results")
+    parser.add_argument("--reference-lrs-from", default="", metavar="FOLDER",
+                        help="take each recipe's lr (and its runs on shared seeds) from this earlier results folder")
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--reference-jobs", type=int, default=2, help="processes for the references (1 thread each)")
     # internal: one reference process of --reference-jobs
@@ -143,7 +182,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     for dataset in args.datasets.split(","):
-        results = HERE / "results" / dataset
+        results = HERE / args.results / dataset
         results.mkdir(parents=True, exist_ok=True)
         if args.references_only:
             run_references(dataset, results, tuple(args.recipes.split(";")))
@@ -151,6 +190,8 @@ def main() -> None:
         run_search(dataset, results, args.time_budget)
         if args.skip_references:
             continue
+        if args.reference_lrs_from:
+            adopt_reference_lrs(dataset, results, args.reference_lrs_from)
         if args.reference_jobs > 1:
             run_references_parallel(dataset, results, args.reference_jobs)
         else:

@@ -166,6 +166,13 @@ def train_with_predictions(session: Session, plan: Plan, config: TrainConfig) ->
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def chosen_lr(records: list[dict], recipe: str, first_seed: int) -> float:
+    """The recipe's learning rate picked on validation from its grid run with ``first_seed`` (ties: the
+    smaller rate)."""
+    first = [r for r in records if r["recipe"] == recipe and r["seed"] == first_seed]
+    return max(first, key=lambda r: (r["validation"], -r["lr"]))["lr"]
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")

@@ -12,14 +12,16 @@ with a t-interval over datasets (df = datasets - 1).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import pandas as pd
 from scipy import stats
-from sqlib import HERE, read_jsonl
+from sqlib import HERE, chosen_lr, read_jsonl
 
 from autopeft.searching.final_stage import mean_std
 from autopeft.searching.uplift import accuracy_standard_error, paired_difference
@@ -27,14 +29,16 @@ from autopeft.searching.uplift import accuracy_standard_error, paired_difference
 PEFT_BASELINES = ("lora r8 q,v", "parallel adapter")
 
 
-def recipe_rows(records: list[dict], seeds: list[int]) -> dict[str, dict]:
+def recipe_rows(records: list[dict], seeds: list[int], adopted: dict[str, float] | None = None) -> dict[str, dict]:
+    """Per recipe, its runs at the lr chosen on validation with the first seed (or ``adopted``: the rates
+    an earlier results folder chose, see run.py's ``--reference-lrs-from``)."""
     by_recipe: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_recipe[r["recipe"]].append(r)
     rows = {}
     for name, runs in by_recipe.items():
         first = [r for r in runs if r["seed"] == seeds[0]]
-        chosen = max(first, key=lambda r: (r["validation"], -r["lr"]))["lr"]
+        chosen = adopted[name] if adopted else chosen_lr(runs, name, seeds[0])
         at = {r["seed"]: r for r in runs if r["lr"] == chosen}
         if not all(s in at for s in seeds):
             continue  # not finished
@@ -47,8 +51,8 @@ def recipe_rows(records: list[dict], seeds: list[int]) -> dict[str, dict]:
     return rows
 
 
-def dataset_summary(dataset: str) -> dict | None:
-    folder = HERE / "results" / dataset
+def dataset_summary(folder: Path) -> dict | None:
+    dataset = folder.name
     if not (folder / "best-metrics.json").exists():
         return None
     best = json.loads((folder / "best-metrics.json").read_text())
@@ -58,7 +62,8 @@ def dataset_summary(dataset: str) -> dict | None:
     comparison = summary.get("baseline_comparison") or {}
     val = best["retrain"]["values"]
     test = best["test_retrain"]["values"]
-    rows = recipe_rows(read_jsonl(folder / "references.jsonl"), seeds)
+    adopted = json.loads((folder / "reference-lrs.json").read_text()) if (folder / "reference-lrs.json").exists() else None
+    rows = recipe_rows(read_jsonl(folder / "references.jsonl"), seeds, adopted["lrs"] if adopted else None)
     sizes = summary.get("splits") or {}
     out = {"dataset": dataset, "seeds": seeds, "steps": summary["settings"]["train"]["steps"],
            "search": {"plan": best.get("plan") or summary.get("best", {}).get("plan"),
@@ -67,6 +72,8 @@ def dataset_summary(dataset: str) -> dict | None:
                       "test_mean_std": mean_std(test), "wall_seconds": search["wall_seconds"],
                       "trials": summary.get("trials", {}), "in_search_comparison": comparison},
            "recipes": rows, "machine": search["machine"]}
+    if adopted:
+        out["reference_lrs_from"] = adopted["from"]
     out["selection_optimism"] = selection_optimism(folder / "trials.csv")
     if "test" in sizes:
         out["test_standard_error"] = accuracy_standard_error(statistics.fmean(test), sizes["test"])
@@ -75,7 +82,7 @@ def dataset_summary(dataset: str) -> dict | None:
         best_name = max(peft, key=lambda n: rows[n]["validation_mean_std"][0])
         out["best_baseline"] = best_name
         out["differences"] = {}
-        for other in {best_name, "lora r8 q,v", "full fine-tuning", "head only"} & set(rows):
+        for other in sorted({best_name, "lora r8 q,v", "full fine-tuning", "head only"} & set(rows)):
             out["differences"][other] = {
                 "test": paired_difference(test, rows[other]["test"]).to_record(),
                 "validation": paired_difference(val, rows[other]["validation"]).to_record()}
@@ -173,15 +180,18 @@ def fidelity_table(records: list[dict]) -> str:
 
 
 def main() -> None:
-    names = sorted(p.name for p in (HERE / "results").iterdir() if p.is_dir())
-    datasets = [d for d in (dataset_summary(n) for n in names) if d is not None]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", default="results", help="results folder; writes <folder>.json and .md")
+    args = parser.parse_args()
+    folders = sorted(p for p in (HERE / args.results).iterdir() if p.is_dir())
+    datasets = [d for d in (dataset_summary(f) for f in folders) if d is not None]
     overall = {key: across(datasets, key) for key in ("best baseline", "lora r8 q,v", "full fine-tuning")}
     fidelity = read_jsonl(HERE / "fidelity.jsonl")
-    (HERE / "results.json").write_text(json.dumps({"datasets": datasets, "across_datasets": overall,
-                                                   "fidelity": fidelity}, indent=1) + "\n")
-    (HERE / "results.md").write_text("## Comparison\n\n" + markdown(datasets, overall)
-                                     + "\n## Fidelity (tuning datasets)\n\n" + fidelity_table(fidelity))
-    print((HERE / "results.md").read_text())
+    (HERE / f"{args.results}.json").write_text(json.dumps({"datasets": datasets, "across_datasets": overall,
+                                                           "fidelity": fidelity}, indent=1) + "\n")
+    (HERE / f"{args.results}.md").write_text("## Comparison\n\n" + markdown(datasets, overall)
+                                             + "\n## Fidelity (tuning datasets)\n\n" + fidelity_table(fidelity))
+    print((HERE / f"{args.results}.md").read_text())
 
 
 if __name__ == "__main__":
