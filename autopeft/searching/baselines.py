@@ -42,6 +42,7 @@ from autopeft.core.choices import TrialStatus
 from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.peft.presets import preset_plan
 from autopeft.searching.settings import BaselineName
+from autopeft.space.model import training_param
 from autopeft.space.nodes import Choice, Float, Node
 
 BASELINE_ATTR = "baseline"
@@ -91,7 +92,7 @@ def fitting_baselines(names: tuple[BaselineName, ...], arch: ModelArch, budget: 
     return found
 
 
-LR_PARAM = "training.lr"  # the trial parameter of a space's searched lr (autopeft.space.search_space)
+LR_PARAM = training_param("lr")  # the trial parameter of a space's searched lr
 
 
 def spread_learning_rates(lr: Node | None, count: int) -> tuple[float, ...]:

@@ -27,6 +27,7 @@ from autopeft.searching.context import SearchContext
 from autopeft.searching.objectives import estimate_memory
 from autopeft.searching.progress import Reporter
 from autopeft.searching.threads import apply_threads
+from autopeft.space.model import training_param
 from autopeft.space.nodes import is_parameter
 from autopeft.space.search_space import SearchSpace
 from autopeft.training.config import TrainConfig
@@ -66,7 +67,7 @@ def run_oneshot_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporte
                                    reporter.step_callback(config.steps), settings.readouts, settings.supernet)
     if settings.threads:
         apply_threads(settings.threads)
-    training = {f"training.{key}": value for key, value in readout_training(ctx.space, config).items()}
+    training = {training_param(key): value for key, value in readout_training(ctx.space, config).items()}
     for index, readout in enumerate(plans):
         study.enqueue_trial({**readout.sample.trial_params(), **training},
                             user_attrs={READOUT_ATTR: index, "status": TrialStatus.QUEUED})

@@ -37,6 +37,11 @@ Scope = Literal["site", "layer", "model"]
 NONE = "none"
 
 
+def training_param(key: str) -> str:
+    """The trial parameter (Optuna, Ray) of the space's training key ``key``, e.g. ``training.lr``."""
+    return f"training.{key}"
+
+
 @dataclass(frozen=True)
 class Unit:
     name: str
@@ -181,7 +186,7 @@ class Sample:
                   for i in layers}
         for choice in self.choices:
             params.update(choice.trial_params())
-        params.update({f"training.{k}": v for k, v in self.training.items() if k not in self.fixed_training})
+        params.update({training_param(k): v for k, v in self.training.items() if k not in self.fixed_training})
         return params
 
     def _mask_flags(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -12,7 +12,19 @@ from autopeft.core.errors import UserError
 from autopeft.core.units import parse_budget
 from autopeft.peft.plan import Plan
 
-from .model import NONE, Decision, Forbid, Mask, Sample, Unit, UnitChoice, Violation, arch_key, violations
+from .model import (
+    NONE,
+    Decision,
+    Forbid,
+    Mask,
+    Sample,
+    Unit,
+    UnitChoice,
+    Violation,
+    arch_key,
+    training_param,
+    violations,
+)
 from .nodes import Choice, Float, Int, Node, is_number, is_parameter, ordered_values
 from .repair import repair
 from .to_optuna import suggest, suggest_branch
@@ -113,7 +125,7 @@ class SearchSpace:
     def sample_training(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample only the training options the space searches (e.g. the learning rate): what a baseline
         trial, whose plan is fixed, leaves to the sampler."""
-        return {k: suggest(trial, f"training.{k}", node) for k, node in self.training.items()}
+        return {k: suggest(trial, training_param(k), node) for k, node in self.training.items()}
 
     def sample(self, trial: optuna.Trial, arch: ModelArch) -> tuple[Plan, dict[str, Any]]:
         sample = self.sample_choices(trial, arch)

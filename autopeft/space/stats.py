@@ -27,7 +27,7 @@ from typing import Any
 from autopeft.core.arch import ModelArch
 from autopeft.core.errors import UserError
 
-from .model import NONE, Decision, Sample, Unit, UnitChoice
+from .model import NONE, Decision, Sample, Unit, UnitChoice, training_param
 from .nodes import Float, Int, Node, ordered_values
 from .search_space import SearchSpace
 
@@ -77,7 +77,7 @@ def size(space: SearchSpace, arch: ModelArch) -> SpaceSize:
         points *= node.count() or 1
         parameters += int(node.count() != 1)
         if node.count() is None:
-            continuous.append(f"training.{key}")
+            continuous.append(training_param(key))
     return SpaceSize(points, tuple(continuous), parameters)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from autopeft.core.arch import ModelArch
 from autopeft.core.errors import UserError
 
-from .model import Sample, UnitChoice
+from .model import Sample, UnitChoice, training_param
 from .nodes import Choice, Fixed, Float, Int, Node
 from .search_space import SearchSpace
 
@@ -52,7 +52,7 @@ def to_ray(space: SearchSpace, arch: ModelArch) -> dict[str, Any]:
                     decision.methods.items()]
         config[f"{decision.name}.{unit.name}"] = branches[0] if len(branches) == 1 else tune.choice(branches)
     for key, node in space.training.items():
-        config[f"training.{key}"] = ray_domain(node)
+        config[training_param(key)] = ray_domain(node)
     return config
 
 
@@ -67,7 +67,7 @@ def from_ray(space: SearchSpace, arch: ModelArch, config: dict[str, Any]) -> Sam
         branch = dict(_get(config, prefix))
         method = branch.pop("method", None)
         choices.append(UnitChoice(prefix, decision, unit.layers, unit.sites, method, branch))
-    training = {k: _get(config, f"training.{k}") for k in space.training}
+    training = {k: _get(config, training_param(k)) for k in space.training}
     sample = Sample(tuple(choices), training, masks, space.fixed_training)
     if not space.contains(sample, arch):
         raise UserError(f"the Ray config is not a point of space '{space.name}'")
