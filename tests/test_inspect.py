@@ -14,6 +14,7 @@ import re
 import matplotlib.image
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from rich.console import Console
@@ -26,6 +27,7 @@ from autopeft.report.plan_picture import plan_cells
 from autopeft.searching.progress import Reporter
 from autopeft.study.view import hypervolume_2d, load_study_view
 from autopeft.testing import tiny_config
+from autopeft.training.session import native_bf16
 
 ARCH = arch_from_config(tiny_config("bert", 2))
 BASE = 42128
@@ -259,12 +261,18 @@ def test_real_tiny_study_inspect_export_retrain(tmp_path, capsys):
     # retrain a found plan from the study: model, data and lr come from the study
     capsys.readouterr()
     assert main(["train", "--plan", f"{out}:{best.number}", "--steps", "3", "--batch-size", "8",
-                 "--out", str(tmp_path / "retrained"), "--json"]) == 0
+                 "--precision", "auto", "--out", str(tmp_path / "retrained"), "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["adapter_params"] == best.params
     config = json.loads((tmp_path / "retrained" / "autopeft_config.json").read_text())
     assert config["data"]["model"] == str(model) and config["data"]["max_length"] == 16
     assert config["train"]["lr"] == best.attrs["train_config"]["lr"]
+    # what "auto" resolved to on this machine is recorded beside it, and the model card shows both
+    ran = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert config["train"]["precision"] == "auto" and config["precision_ran"] == ran
+    assert json.loads((out / "summary.json").read_text())["precision_ran"] == "fp32"  # the study asked fp32
+    assert main(["export", str(tmp_path / "retrained"), "--out", str(tmp_path / "exported-retrained")]) == 0
+    assert f"precision auto (ran {ran})" in (tmp_path / "exported-retrained" / "README.md").read_text()
 
 
 def test_plan_sources_and_inherited_training_options(study, model_dir):

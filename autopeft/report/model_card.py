@@ -47,6 +47,8 @@ def model_card(fmt: Format, plan: Plan, config: dict[str, Any], metrics: dict[st
     params = metrics.get("adapter_params")
     pct = metrics.get("params_pct")
     train = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
+    if config.get("precision_ran") and train.get("precision") != config["precision_ran"]:
+        train = {**train, "precision": f"{train.get('precision', '?')} (ran {config['precision_ran']})"}
     auto_cls = "AutoModelForSequenceClassification" if task == "classification" else "AutoModelForCausalLM"
     num_labels = f", num_labels={len(labels)}" if task == "classification" else ""
     imports, where = _loader(base, source)

@@ -138,6 +138,7 @@ def adapter_config(prepared: Prepared, config: TrainConfig) -> dict[str, Any]:
         "label_names": prepared.data.label_names,
         "split_seed": prepared.data.split_seed,
         "train": asdict(config),
+        "precision_ran": prepared.session.recipe(config).precision,  # train.precision may say "auto"
         "base_fingerprint": prepared.fingerprint,  # checked by autopeft.load_adapter and `autopeft eval`
     }
 

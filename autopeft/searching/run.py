@@ -137,6 +137,7 @@ def _summary(ctx: SearchContext, study, stage: dict[str, Any], elapsed: float) -
         "budget_params": ctx.budget, "memory_limit_bytes": ctx.memory_limit, "base_params": ctx.base_params,
         "elapsed_s": round(elapsed, 1),
         "settings": ctx.identity,
+        "precision_ran": ctx.prepared.session.recipe(settings.train).precision,  # the settings may say "auto"
         "data": ctx.prepared.data.to_record(),
         "machine": ctx.files.machine(),
     }

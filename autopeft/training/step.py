@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autopeft.core.choices import DeviceType, PrefixCache
+from autopeft.core.choices import DeviceType, Precision, PrefixCache
 from autopeft.training.config import TrainConfig
 
 #: CPU training steps up to this many tokens run eager attention (studies/step-speed: faster than SDPA's
@@ -60,6 +60,11 @@ class StepRecipe:
     head_rows: bool
     prefix_cache: PrefixCache
     compile: bool
+
+    @property
+    def precision(self) -> Precision:
+        """What the step computes in: what ``--precision auto`` resolved to, recorded next to what was asked."""
+        return "bf16" if self.autocast_bf16 else "fp32"
 
     def eager_attention(self, width: int) -> bool:
         """Whether a training batch ``width`` tokens wide runs eager attention."""
