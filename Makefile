@@ -26,7 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25  # the slowest tests listed: the suite must stay under ~20 min
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
