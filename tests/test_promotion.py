@@ -5,7 +5,7 @@ import math
 import pytest
 
 from autopeft.core.errors import UserError
-from autopeft.searching.final_stage import median_seed, pick
+from autopeft.searching.final_stage import median_seed, pick, retrained_front
 from autopeft.searching.objectives import Objectives, parse_objectives
 from autopeft.searching.promotion import (
     crowding_distances,
@@ -126,6 +126,20 @@ def test_pick_max_metric_and_knee():
     # ties on the mean: fewer parameters win
     assert pick([{"trial": 4, "params": 9, "mean": 0.5}, {"trial": 5, "params": 3, "mean": 0.5}], "max-metric",
                 greater=True)["trial"] == 5
+
+
+def test_the_pick_is_among_the_retrained_plans_on_seed_means_whatever_an_unretrained_run_dominates():
+    # amazon_reviews (studies/search-quality/results-2lr): retrained on 3 seeds, head only (0.636), the LoRA
+    # baseline at lr 1.9e-3 (73.7k params, 0.907) and a 41k plan (0.871); unretrained for lack of time, the
+    # same LoRA at lr 7.8e-4 (73.7k, own run 0.908) and a 41k plan (own run 0.881) dominate the two last on
+    # the study's front. The pick must still be the best retrained plan, not head only.
+    retrained = {0: (0.636, 0, None), 2: (0.907, 73_728, None), 22: (0.871, 41_472, None)}
+    candidates = retrained_front(ACC, retrained)
+    assert candidates == [0, 2, 22]
+    entries = [{"trial": n, "params": retrained[n][1], "mean": retrained[n][0]} for n in candidates]
+    assert pick(entries, "max-metric", greater=True)["trial"] == 2
+    # among themselves retrained plans still dominate each other: a bigger, worse one is no candidate
+    assert retrained_front(ACC, {**retrained, 7: (0.90, 90_000, None)}) == [0, 2, 22]
 
 
 def test_median_seed():

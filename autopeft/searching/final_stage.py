@@ -20,7 +20,8 @@ front/ and best/.
    so an interrupted final stage resumes where it stopped; local ``--workers`` processes split the
    retrainings of the finalists and of the best baseline (seeds 2..K) round-robin (:func:`run_share`)
    before the coordinator collects them.
-3. The pick: ``max-metric`` = the best mean validation metric (ties: fewer parameters);
+3. The pick, among the retrained plans that no other retrained plan dominates on seed means
+   (:func:`retrained_front`): ``max-metric`` = the best mean validation metric (ties: fewer parameters);
    ``knee`` = the front point farthest above the line joining the front's two extremes (fewest
    parameters, best mean metric), with parameters and metric scaled to [0, 1] over the front.
 4. ``front/<n>/`` holds each front plan's adapter (a finalist's: the seed with the median metric, upper
@@ -38,6 +39,7 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,9 @@ from autopeft.searching.bookkeeping import joiners_fit, top_rung_front
 from autopeft.searching.comparison import best_baseline, compare, evaluate_adapters, standard_errors
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
+from autopeft.searching.objectives import Objectives
 from autopeft.searching.progress import Reporter
+from autopeft.searching.promotion import pareto_front
 from autopeft.study.layout import retrain_key
 from autopeft.training.config import TrainConfig
 from autopeft.training.trial_run import train_plan
@@ -77,6 +81,16 @@ def finalists(ctx: SearchContext, study: optuna.Study, means: dict[int, float]) 
     ranked = sorted(front, key=lambda n: (-sign * means.get(n, trials[n].values[0]),
                                           trials[n].user_attrs["params"], n))
     return ranked[:ctx.settings.finalists]
+
+
+def retrained_front(objectives: Objectives, scores: Mapping[int, tuple[float, int, int | None]]) -> list[int]:
+    """The retrained plans that no other retrained plan dominates, each scored by its seed mean
+    (``scores``: trial -> (mean, params, memory bytes)): the pick is made among them. Not the retrained
+    plans on the study's front: when ``--time-budget`` left a joiner unretrained, its own single run can
+    dominate a retrained plan (a baseline's twin at another lr, the same size and a lucky run) and push it
+    off that front, and the pick fell to whatever retrained plan was left (head only, once: amazon_reviews,
+    studies/search-quality/results-2lr). When every finalist is retrained the pick is the same either way."""
+    return pareto_front({n: objectives.minimised(*score) for n, score in scores.items()})
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -237,7 +251,8 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
                 "mean": means.get(n, trials[n].values[0]), "std": records[n]["std"] if n in records else None}
 
     front = [entry(n) for n in numbers]
-    retrained = [e for e in front if e["trial"] in records] or [entry(n) for n in sorted(records)]
+    retrained = [entry(n) for n in retrained_front(objectives, {
+        n: (means[n], trials[n].user_attrs["params"], trials[n].user_attrs.get("memory_bytes")) for n in records})]
     chosen = pick(retrained, ctx.settings.pick, objectives.greater_is_better)
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
     best_dirs = [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]]
