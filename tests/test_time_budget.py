@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from autopeft.cli.main import main
+from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.bookkeeping import (
     final_stage_overrun,
     final_stage_seconds,
@@ -21,6 +22,7 @@ from autopeft.searching.bookkeeping import (
 from autopeft.searching.objectives import Objectives
 from autopeft.searching.settings import SearchSettings
 from autopeft.testing import TINY_SPACE, tiny_csv, tiny_model_dir
+from autopeft.training.config import TrainConfig
 
 
 def _study_with_complete_trials(durations: list[float]) -> optuna.Study:
@@ -49,6 +51,35 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     assert not out_of_time(study, objectives, settings, started=0.0, now=79.0)  # 79 + 20 + 100 <= 200
     assert out_of_time(study, objectives, settings, started=0.0, now=81.0)
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
+
+
+def test_the_final_stage_estimate_counts_each_plan_at_its_own_duration_and_a_finalist_baseline_once():
+    """rotten_tomatoes (studies/search-quality/results-2lr): after head only (53 s) and the LoRA baseline
+    (200 s for 800 steps) the front held both; the estimate had counted 3 x 2 retrainings and the pick's
+    seed at 200 s each (800 s) and stopped a 20-minute search after 5.8 minutes; the final stage took 5."""
+    objectives = Objectives(("metric", "params"), greater_is_better=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def add(params: int, seconds: float, steps: int, value: float | None, baseline: str | None = None) -> None:
+        trial = study.ask()
+        for key, attr in (("params", params), ("duration_s", seconds), ("steps", steps),
+                          ("rung_metrics", {"267": 0.7, **({"800": value} if value else {})})):
+            trial.set_user_attr(key, attr)
+        if baseline:
+            trial.set_user_attr(BASELINE_ATTR, baseline)
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [value, params])
+
+    add(0, 53.0, 800, 0.59)  # head only
+    add(73_728, 200.0, 800, 0.83, "lora-r8-qv")
+    add(78_432, 70.0, 267, None, "parallel-adapter")  # stopped at the first rung: 210 s at full fidelity
+    settings = SearchSettings(time_budget_s=1200.0, seeds=3, workers=2, train=TrainConfig(steps=800))
+    # jobs (LoRA, LoRA, head, head) round-robin over 2 workers: 253 s each; then the baseline on the
+    # pick's own seed: 200 s. The baseline is the LoRA finalist: its seeds are not counted twice.
+    assert final_stage_seconds(study, objectives, settings) == pytest.approx(453.0)
+    assert not out_of_time(study, objectives, settings, started=0.0, now=348.0)  # 348 + 200 + 453 < 1200
 
 
 def test_a_final_stage_that_cannot_fit_is_announced_with_what_would_fit():

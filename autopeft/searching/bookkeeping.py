@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
+from autopeft.searching.baselines import BASELINE_ATTR
 from autopeft.searching.objectives import Objectives
 from autopeft.searching.promotion import pareto_front
 
@@ -97,7 +98,47 @@ def top_rung_front(study: optuna.Study, objectives: Objectives,
     return pareto_front(complete)
 
 
+def finalist_numbers(study: optuna.Study, objectives: Objectives, settings: Any,
+                     means: Mapping[int, float]) -> list[int]:
+    """The front plans the final stage retrains with K seeds: the ``--finalists`` best by score (seed mean
+    where ``means`` has one, else the own run), or the whole front for the knee pick."""
+    front = top_rung_front(study, objectives, means)
+    if settings.pick == "knee":
+        return front
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    sign = 1.0 if objectives.greater_is_better else -1.0
+    ranked = sorted(front, key=lambda n: (-sign * means.get(n, trials[n].values[0]),
+                                          trials[n].user_attrs["params"], n))
+    return ranked[:settings.finalists]
+
+
+def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial | None:
+    """Among the baseline trials, those that reached the highest rung any baseline reached, the best metric
+    there (a baseline stopped early by the promotion rule still competes); None before any reached a rung."""
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get("rung_metrics")]
+    if not trials:
+        return None
+    top = max(max(int(rung) for rung in t.user_attrs["rung_metrics"]) for t in trials)
+    sign = 1.0 if greater_is_better else -1.0
+    at_top = [t for t in trials if str(top) in t.user_attrs["rung_metrics"]]
+    return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
+
+
 # --- the time budget -------------------------------------------------------------------------------
+
+def trial_full_fidelity_seconds(trial: FrozenTrial, max_steps: int | None) -> float | None:
+    """The trial's own training time scaled from the steps it reached to ``max_steps`` (None when it has no
+    duration, or stopped at a rung and ``max_steps`` is unknown)."""
+    seconds, steps = trial.user_attrs.get("duration_s"), trial.user_attrs.get("steps")
+    if seconds is None:
+        return None
+    if trial.state == TrialState.PRUNED:  # stopped at a rung (an infeasible plan has no duration)
+        if not steps or max_steps is None:
+            return None
+        return float(seconds) * max_steps / int(steps)
+    return float(seconds)
+
 
 def full_fidelity_seconds(study: optuna.Study, max_steps: int | None = None) -> float:
     """Estimated wall time of one full-fidelity training: the median over trained trials of their
@@ -108,36 +149,47 @@ def full_fidelity_seconds(study: optuna.Study, max_steps: int | None = None) -> 
     that let a 20-minute search start a 7.5-minute trial it had no time for)."""
     estimates: list[tuple[bool, float]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        seconds, steps = t.user_attrs.get("duration_s"), t.user_attrs.get("steps")
-        if seconds is None:
-            continue
-        if t.state == TrialState.PRUNED:  # stopped at a rung (an infeasible plan has no duration)
-            if not steps or max_steps is None:
-                continue
-            seconds = float(seconds) * max_steps / int(steps)
-        estimates.append((bool(t.user_attrs.get("params")), float(seconds)))
+        seconds = trial_full_fidelity_seconds(t, max_steps)
+        if seconds is not None:
+            estimates.append((bool(t.user_attrs.get("params")), seconds))
     durations = sorted([s for adapter, s in estimates if adapter] or [s for _, s in estimates])
     return durations[len(durations) // 2] if durations else 0.0
 
 
 def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: Any,
                         training: float | None = None) -> float:
-    """Estimated wall time of the final stage if the search stopped now, at the median full-fidelity
-    duration: seeds 2..K of each finalist and of the best baseline, split over the local workers, then
-    the best baseline on the pick's own seed (one training, this process alone). When the front has more
-    plans than finalists, one plan joining on seed means is foreseen too (the winner's curse makes that
-    common: measured on trec, a 20-minute search overran by 1.3 minutes without it); its seeds 2..K
-    train in this process with all the workers' threads, about ``ceil((K-1)/workers)`` rounds.
+    """Estimated wall time of the final stage if the search stopped now: the retrainings the final stage
+    would run (:func:`autopeft.searching.final_stage.jobs`: seeds 2..K of each finalist, and of the best
+    baseline unless it is a finalist), each at its own plan's measured duration, split round-robin over the
+    local workers as ``run_share`` splits them; then the best baseline on the pick's own seed (one
+    training, this process alone). A baseline not trained yet counts at the median full-fidelity duration.
+    When the front has more plans than finalists, one plan joining on seed means is foreseen too (the
+    winner's curse makes that common: measured on trec, a 20-minute search overran by 1.3 minutes without
+    it); its seeds 2..K train in this process with all the workers' threads, about ``ceil((K-1)/workers)``
+    rounds at the median duration. Each plan at its own duration, not all at the median: a head-only
+    finalist trains ~4x faster, and the best baseline is often a finalist itself; counted at the median
+    and twice, a 20-minute rotten_tomatoes search stopped sampling after 5.8 minutes and ended at 10.9.
     ``training``: :func:`full_fidelity_seconds` when the caller has it already."""
     workers = max(1, settings.workers)
-    front = max(1, len(top_rung_front(study, objectives)))
-    finalists = front if settings.pick == "knee" else min(front, settings.finalists)
-    shared = (finalists + (1 if settings.baselines else 0)) * (settings.seeds - 1)
-    rounds = math.ceil(shared / workers) + (1 if settings.baselines and settings.seeds > 1 else 0)
-    if finalists < front:
-        rounds += joiner_rounds(settings, 1)
     training = full_fidelity_seconds(study, settings.max_steps) if training is None else training
-    return training * rounds
+    front = top_rung_front(study, objectives)
+    numbers = finalist_numbers(study, objectives, settings, {})
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+
+    def seconds(trial: FrozenTrial | None) -> float:
+        own = trial_full_fidelity_seconds(trial, settings.max_steps) if trial is not None else None
+        return training if own is None else own
+
+    # no plan at full fidelity yet: one finalist at the median duration, as there will be at least one
+    plans: list[FrozenTrial | None] = [trials[n] for n in numbers] or [None]
+    baseline = best_baseline(study, objectives.greater_is_better) if settings.baselines else None
+    if settings.baselines and (baseline is None or baseline.number not in numbers):
+        plans.append(baseline)  # None: no baseline has trained yet, so its duration is the median's
+    job_seconds = [seconds(plan) for plan in plans for _ in range(settings.seeds - 1)]
+    shared = max((sum(job_seconds[i::workers]) for i in range(workers)), default=0.0)
+    after = seconds(baseline) if settings.baselines and settings.seeds > 1 else 0.0
+    joiners = training * joiner_rounds(settings, 1) if len(numbers) < len(front) else 0.0
+    return shared + after + joiners
 
 
 def joiner_rounds(settings: Any, joiners: int) -> int:

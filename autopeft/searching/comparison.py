@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 
 from autopeft.peft.artifacts import load_adapter
 from autopeft.searching.baselines import BASELINE_ATTR
+from autopeft.searching.bookkeeping import best_baseline
 from autopeft.searching.context import SearchContext
 from autopeft.searching.progress import Reporter
 from autopeft.searching.uplift import (
@@ -38,17 +39,6 @@ from autopeft.training.session import Metrics
 
 # (trial, seed) -> the retraining's validation metric, training it if needed (final_stage.run_job)
 Retrain = Callable[[FrozenTrial, int], float]
-
-
-def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial | None:
-    trials = [t for t in study.get_trials(deepcopy=False)
-              if t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get("rung_metrics")]
-    if not trials:
-        return None
-    top = max(max(int(rung) for rung in t.user_attrs["rung_metrics"]) for t in trials)
-    sign = 1.0 if greater_is_better else -1.0
-    at_top = [t for t in trials if str(top) in t.user_attrs["rung_metrics"]]
-    return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
 
 
 def evaluate_adapters(ctx: SearchContext, directories: list[Path], split: str) -> list[Metrics]:

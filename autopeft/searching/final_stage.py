@@ -51,8 +51,8 @@ from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
-from autopeft.searching.bookkeeping import joiners_fit, top_rung_front
-from autopeft.searching.comparison import best_baseline, compare, evaluate_adapters, standard_errors
+from autopeft.searching.bookkeeping import best_baseline, finalist_numbers, joiners_fit, top_rung_front
+from autopeft.searching.comparison import compare, evaluate_adapters, standard_errors
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.objectives import Objectives
@@ -71,16 +71,8 @@ def retrain_seeds(own_seed: int, base_seed: int, k: int) -> list[int]:
 
 
 def finalists(ctx: SearchContext, study: optuna.Study, means: dict[int, float]) -> list[int]:
-    """The front plans retrained with K seeds: the ``--finalists`` best by score (seed mean where ``means``
-    has one, else the own run), or the whole front for the knee pick."""
-    front = top_rung_front(study, ctx.objectives, means)
-    if ctx.settings.pick == "knee":
-        return front
-    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    sign = 1.0 if ctx.objectives.greater_is_better else -1.0
-    ranked = sorted(front, key=lambda n: (-sign * means.get(n, trials[n].values[0]),
-                                          trials[n].user_attrs["params"], n))
-    return ranked[:ctx.settings.finalists]
+    """The front plans retrained with K seeds (:func:`autopeft.searching.bookkeeping.finalist_numbers`)."""
+    return finalist_numbers(study, ctx.objectives, ctx.settings, means)
 
 
 def retrained_front(objectives: Objectives, scores: Mapping[int, tuple[float, int, int | None]]) -> list[int]:
