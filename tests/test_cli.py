@@ -24,12 +24,23 @@ def _run(*args):
     (["eval", "/nonexistent"], "not an adapter directory"),
     (["pareto", "/nonexistent"], "not a study directory"),
 ])
-def test_user_mistakes_are_one_line_errors(tmp_path, args, message):
-    result = _run(*args, *(["--out", str(tmp_path / "o")] if args[0] == "search" else []))
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys, args, message):
+    # in this process (a subprocess per case cost ~8 s of imports each); the entry point's own handling
+    # is checked once, in a real process, below
+    code = main([*args, *(["--out", str(tmp_path / "o")] if args[0] == "search" else [])])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert lines[-1].startswith("error: ") and message in lines[-1], stderr
+
+
+def test_python_m_autopeft_prints_one_error_line_without_a_traceback(tmp_path):
+    result = _run("search", "--budget", "abc", "--out", str(tmp_path / "o"))
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert "Traceback" not in result.stderr
-    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
+    assert lines[-1].startswith("error: ") and "is not a budget" in lines[-1], result.stderr
 
 
 def test_unknown_flag_is_argparse_error():
@@ -82,7 +93,8 @@ def test_plan_writes_a_valid_single_method_plan(tmp_path):
     (["plan", "--method", "lora", "--sites", "q", "--layers", "9"], "out of range"),
     (["train", "--plan", "/nonexistent/plan.json"], "plan file not found"),
 ])
-def test_plan_and_train_mistakes(args, message):
-    result = _run(*args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+def test_plan_and_train_mistakes(capsys, args, message):
+    code = main(args)  # in this process, as above
+    stderr = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in stderr
+    assert message in stderr.strip().splitlines()[-1], stderr
