@@ -96,10 +96,17 @@ def adopt_reference_lrs(dataset: str, results: Path, source: str) -> None:
     if path.exists():
         return
     origin = HERE / source / dataset
+    if not (origin / "best-metrics.json").is_file() or not (origin / "references.jsonl").is_file():
+        raise SystemExit(f"error: --reference-lrs-from {source}: {origin} holds no finished references "
+                         "(best-metrics.json, references.jsonl); name an earlier results folder, e.g. results")
     old_first_seed = json.loads((origin / "best-metrics.json").read_text())["test_retrain"]["seeds"][0]
     seeds = json.loads((results / "best-metrics.json").read_text())["test_retrain"]["seeds"]
     steps = json.loads((results / "summary.json").read_text())["settings"]["train"]["steps"]
     records = read_jsonl(origin / "references.jsonl")
+    missing = [name for name in RECIPES if not any(r["recipe"] == name and r["seed"] == old_first_seed for r in records)]
+    if missing:
+        raise SystemExit(f"error: --reference-lrs-from {source}: {origin} has no lr grid for {', '.join(missing)}; "
+                         "finish its references first (run.py --results " + source + ")")
     lrs = {name: chosen_lr(records, name, old_first_seed) for name in RECIPES}
     done = {(r["recipe"], r["lr"], r["seed"]) for r in read_jsonl(results / "references.jsonl")}
     for r in records:

@@ -183,6 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", default="results", help="results folder; writes <folder>.json and .md")
     args = parser.parse_args()
+    if not (HERE / args.results).is_dir():
+        parser.error(f"--results {args.results}: no such folder in {HERE}")
     folders = sorted(p for p in (HERE / args.results).iterdir() if p.is_dir())
     datasets = [d for d in (dataset_summary(f) for f in folders) if d is not None]
     overall = {key: across(datasets, key) for key in ("best baseline", "lora r8 q,v", "full fine-tuning")}
