@@ -74,7 +74,8 @@ def make_study(root, model_dir, trials=TRIALS) -> str:
             params={"training.lr": 1e-3 * (1 + number % 4), "lora.method": "none" if plan is HEAD else "lora"},
             distributions=DISTRIBUTIONS, user_attrs=attrs))
     # newer searches keep the final-stage retrain record of a front trial in a study attribute
-    study.set_user_attr("retrain:3", {"seeds": [3, 4], "values": [0.75, 0.73], "mean": 0.74, "std": 0.01414})
+    study.set_user_attr("retrain:3", {"seeds": [3, 4], "values": [0.75, 0.73], "mean": 0.74, "std": 0.01414,
+                                      "collapsed_seeds": [4]})
     settings = {"identity": {"data": {"model": str(model_dir), "dataset": "tiny.csv"}, "budget": "20%",
                              "space": "hybrid", "seed": 0, "train": {"steps": 10, "batch_size": 8, "lr": 0.001}},
                 "base_params": BASE, "budget_params": 8425, "data": {"task": "classification"}}
@@ -128,6 +129,8 @@ def test_pareto_table_json_and_all(study, capsys):
     assert main(["pareto", str(study), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["number"] for r in data] == [0, 1, 3] and data[1]["metric_std"] == 0.01
+    # a retrained seed that predicted one class is shown next to the mean it is part of
+    assert [r["collapsed_seeds"] for r in data] == [[], [], [4]] and "(1 of 2 seeds collapsed to one class)" in out
     assert main(["pareto", str(study), "--all", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {r["status"] for r in data} == {"complete", "infeasible", "failed"} and len(data) == len(TRIALS)

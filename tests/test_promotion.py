@@ -1,12 +1,17 @@
 """The Pareto-aware promotion rule, rungs and the final pick, on hand-made fronts."""
 
+import json
 import math
+from types import SimpleNamespace
 
+import optuna
 import pytest
+from rich.console import Console
 
 from autopeft.core.errors import UserError
-from autopeft.searching.final_stage import median_seed, pick, retrained_front
+from autopeft.searching.final_stage import collapsed_seeds, median_seed, pick, retrained_front
 from autopeft.searching.objectives import Objectives, parse_objectives
+from autopeft.searching.progress import Reporter
 from autopeft.searching.promotion import (
     crowding_distances,
     decide,
@@ -16,6 +21,7 @@ from autopeft.searching.promotion import (
     pareto_order,
 )
 from autopeft.searching.rungs import default_min_steps, rung_steps
+from autopeft.study.layout import StudyLayout
 
 ACC = Objectives(("metric", "params"), greater_is_better=True)
 
@@ -145,3 +151,22 @@ def test_the_pick_is_among_the_retrained_plans_on_seed_means_whatever_an_unretra
 def test_median_seed():
     assert median_seed({"seeds": [10, 11, 12], "values": [0.7, 0.9, 0.8]}) == 12
     assert median_seed({"seeds": [10], "values": [0.7]}) == 10
+
+
+def test_retrained_seeds_that_collapsed_to_one_class_are_found_and_reported(tmp_path):
+    # rotten_tomatoes (studies/search-quality/results-2lr, trial 11: LoRA r2 at scale 8, lr 2.7e-3): its own
+    # run learned, two retrainings predicted the majority class for every validation example
+    files = StudyLayout(tmp_path)
+    learned = {"accuracy": 0.787, "macro_f1": 0.78, "predicted_classes": 2.0}
+    collapsed = {"accuracy": 0.578, "macro_f1": 0.366, "predicted_classes": 1.0}
+    for seed in (1000003, 2000006):
+        files.seed_dir(11, seed).mkdir(parents=True)
+        (files.seed_dir(11, seed) / "metrics.json").write_text(json.dumps({"validation": collapsed}))
+    trial = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.787,
+                                      user_attrs={"seed": 11, "validation": learned})
+    trial.number = 11
+    console = Console(record=True, width=200)
+    reporter = Reporter(live=False, console=console)
+    assert collapsed_seeds(SimpleNamespace(files=files), trial, [11, 1000003, 2000006], reporter) == [1000003, 2000006]
+    assert "trial 11 collapsed to one class on validation with seed(s) 1000003, 2000006 of 3" in console.export_text()
+    assert collapsed_seeds(SimpleNamespace(files=files), trial, [11], reporter) == []

@@ -73,7 +73,7 @@ def test_minilm_search_eval_and_resume(tmp_path, capsys):
 def test_causal_lm_search_on_smollm2_hamlet(tmp_path, capsys):
     out = tmp_path / "lm"
     code = main(["search", "--model", "smollm2-135m", "--dataset", "hamlet", "--out", str(out), "--trials", "2",
-                 "--steps", "4", "--batch-size", "2", "--max-length", "64", "--budget", "0.1%", "--quiet",
+                 "--steps", "4", "--batch-size", "2", "--max-length", "32", "--budget", "0.1%", "--quiet",
                  "--seeds", "1", "--workers", "1", "--baselines", "none"])
     assert code == 0
     metrics = json.loads((out / "best/metrics.json").read_text())

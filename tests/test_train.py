@@ -9,7 +9,7 @@ from autopeft.peft.plan import Plan, PlanEntry
 from autopeft.testing import tiny_model
 from autopeft.training.config import TrainConfig
 from autopeft.training.data import TokenizedSplit
-from autopeft.training.session import DivergedError, Session, classification_metrics
+from autopeft.training.session import DivergedError, Session, classification_metrics, predicts_one_class
 from autopeft.training.trial_run import resume_run, start_run, train_plan
 
 
@@ -88,6 +88,18 @@ def test_classification_metrics():
     assert m.values["accuracy"] == 0.75
     # per class F1: 1.0, 2/3, 2/3
     assert m.values["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert m.values["predicted_classes"] == 3 and not predicts_one_class(m.values)
+
+
+def test_a_run_that_predicts_one_class_is_recognised_as_collapsed():
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    collapsed = classification_metrics(torch.ones(5, dtype=torch.long), labels)
+    assert collapsed.values["accuracy"] == pytest.approx(0.6) and collapsed.values["predicted_classes"] == 1
+    assert predicts_one_class(collapsed.values)
+    assert not predicts_one_class(classification_metrics(torch.tensor([1, 1, 1, 0, 1]), labels).values)
+    # a split of one class, all right; metrics without the count (older studies, language models)
+    assert not predicts_one_class(classification_metrics(torch.ones(3, dtype=torch.long), torch.ones(3)).values)
+    assert not predicts_one_class({"accuracy": 0.6}) and not predicts_one_class({"loss": 2.0})
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])

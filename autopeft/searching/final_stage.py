@@ -60,6 +60,7 @@ from autopeft.searching.progress import Reporter
 from autopeft.searching.promotion import pareto_front
 from autopeft.study.layout import retrain_key
 from autopeft.training.config import TrainConfig
+from autopeft.training.session import predicts_one_class
 from autopeft.training.trial_run import train_plan
 
 SEED_STRIDE = 1_000_003
@@ -156,9 +157,21 @@ def retrain(ctx: SearchContext, study: optuna.Study, trial: FrozenTrial, reporte
     seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)
     values = [float(trial.values[0])] + [run_job(ctx, trial, seed, reporter) for seed in seeds[1:]]
     mean, std = mean_std(values)
-    record = {"seeds": seeds, "values": values, "mean": mean, "std": std, "steps": ctx.settings.max_steps}
+    record = {"seeds": seeds, "values": values, "mean": mean, "std": std, "steps": ctx.settings.max_steps,
+              "collapsed_seeds": collapsed_seeds(ctx, trial, seeds, reporter)}
     study.set_user_attr(retrain_key(trial.number), record)
     return record
+
+
+def collapsed_seeds(ctx: SearchContext, trial: FrozenTrial, seeds: list[int], reporter: Reporter) -> list[int]:
+    """The seeds whose adapter predicted one class for every validation example
+    (:func:`~autopeft.training.session.predicts_one_class`), each reported: the plan's mean then mixes a
+    collapsed run into its level (an lr or LoRA scale too large for it), which a reader must know."""
+    collapsed = [s for s in seeds if predicts_one_class(_validation_of(ctx, trial, s))]
+    if collapsed:
+        reporter.info(f"final stage: trial {trial.number} collapsed to one class on validation with seed(s) "
+                      f"{', '.join(map(str, collapsed))} of {len(seeds)} (an unstable plan: its mean includes them)")
+    return collapsed
 
 
 def _own_run(trial: FrozenTrial) -> dict[str, Any]:
@@ -303,7 +316,9 @@ def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any],
     metrics = {**_common_metrics(ctx, trial, seed), "validation": _validation_of(ctx, trial, seed),
                "test": tests[seed], "retrain": record, "pick": ctx.settings.pick,
                "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std},
-               "standard_error": standard_errors(ctx, record["mean"], mean)}
+               "standard_error": standard_errors(ctx, record["mean"], mean),
+               "collapsed_seeds": record["collapsed_seeds"] if "collapsed_seeds" in record
+               else collapsed_seeds(ctx, trial, record["seeds"], reporter)}  # a kept baseline's: not reported yet
     if trial.user_attrs.get(BASELINE_ATTR):
         metrics["baseline"] = trial.user_attrs[BASELINE_ATTR]
     _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.best_dir, metrics)

@@ -70,6 +70,11 @@ class TrialView:
         return float(r["std"])
 
     @property
+    def collapsed_seeds(self) -> list[int]:
+        """Retraining seeds whose adapter predicted one class for all of validation (the final stage's record)."""
+        return [int(s) for s in (self.retrain or {}).get("collapsed_seeds") or ()]
+
+    @property
     def steps(self) -> int:
         """Training steps this trial spent (0 for plans never trained, e.g. over budget)."""
         if "steps" in self.attrs:
@@ -91,7 +96,8 @@ class TrialView:
     def row(self) -> dict[str, Any]:
         """Plain JSON-able record (what ``pareto --json`` prints)."""
         return {"number": self.number, "state": self.state, "status": self.status, "metric": self.metric,
-                "metric_mean": self.metric_mean, "metric_std": self.metric_std, "params": self.params,
+                "metric_mean": self.metric_mean, "metric_std": self.metric_std,
+                "collapsed_seeds": self.collapsed_seeds, "params": self.params,
                 "params_pct": self.params_pct, "memory_bytes": self.memory_bytes, "steps": self.steps,
                 "duration_s": self.attrs.get("duration_s"), "seed": self.attrs.get("seed"),
                 "on_front": self.on_front, "baseline": self.baseline, "summary": self.summary,

@@ -38,7 +38,7 @@ lower is better) and perplexity = exp(loss).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -282,4 +282,15 @@ def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor) -> M
         fp = ((predictions == c) & (labels != c)).sum().item()
         fn = ((predictions != c) & (labels == c)).sum().item()
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return Metrics("accuracy", True, {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}, correct=correct)
+    # predicted_classes: how many classes the model predicted at all; 1 on a split with several classes
+    # means the run collapsed to a constant prediction (see predicts_one_class)
+    return Metrics("accuracy", True, {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s),
+                                      "predicted_classes": float(predictions.unique().numel())}, correct=correct)
+
+
+def predicts_one_class(values: Mapping[str, float]) -> bool:
+    """Whether classification metrics (``Metrics.values``, or their JSON) come from a model that predicted
+    the same class for every example of a split it did not get all right: a run that collapsed (its
+    accuracy is that class's share), not noise around its plan's level. False for other tasks and for
+    metrics recorded before ``predicted_classes`` existed."""
+    return values.get("predicted_classes") == 1 and values.get("accuracy", 1.0) < 1.0

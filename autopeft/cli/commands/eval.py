@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"split": args.split, "metric": metrics.name, **metrics.values}, indent=2))
     else:
-        values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.values.items())
+        values = ", ".join(f"{k} {v:.0f}" if k == "predicted_classes" else f"{k} {v:.4f}"  # a count
+                           for k, v in metrics.values.items())
         print(f"{args.adapter_dir} on {args.split}: {values}")
     return 0

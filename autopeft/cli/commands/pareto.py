@@ -58,6 +58,8 @@ def print_table(view, trials, show_state: bool) -> None:
         metric = "-" if t.metric_mean is None else f"{t.metric_mean:.4f}"
         if t.metric_std is not None:
             metric += f" ± {t.metric_std:.4f}"
+        if t.collapsed_seeds:  # the mean mixes in runs that predict one class: say so where it is shown
+            metric += f" ({len(t.collapsed_seeds)} of {len(t.retrain['seeds'])} seeds collapsed to one class)"
         state = [t.status + ("*" if t.on_front else "")] if show_state else []
         table.add_row(str(t.number), *state, metric, format_count(t.params) if t.params is not None else "-",
                       f"{t.params_pct:.3f}%" if t.params_pct is not None else "-", format_bytes(t.memory_bytes),
