@@ -190,6 +190,35 @@ def test_compact_ties_every_layer_and_holds_the_standard_recipes(family):
     assert [(e.method, e.sites, e.options["r"]) for e in plan.entries] == [("lora", ("q",), 8), ("lora", ("v",), 8)]
 
 
+def test_a_tied_option_follows_its_source_in_every_plan_and_is_no_parameter():
+    s = space("""
+decisions:
+  - name: d
+    sites: [q, v]
+    per: layer-site
+    methods:
+      none: {}
+      lora: {r: {choice: [2, 4, 8]}, alpha: 2r}
+      adapter: {size: {choice: [4, 8]}, scaling: 0.5 * size}
+""")
+    budget = 2_000
+    for n, trial in enumerate(trials(30)):
+        sample = s.sample_choices(trial, BERT)
+        assert not any(k.endswith((".alpha", ".scaling")) for k in trial.params)  # not Optuna parameters
+        for entry in sample.plan().entries:
+            tied, source = ("alpha", "r") if entry.method == "lora" else ("scaling", "size")
+            assert entry.options[tied] == (2 if tied == "alpha" else 0.5) * entry.options[source]
+        assert sample.plan().num_params(BERT) == sample.num_params(BERT) and s.contains(sample, BERT)
+        repaired = s.repair(sample, BERT, budget, random.Random(n))  # a shrunk rank takes its alpha along
+        assert repaired is not None and all(e.options["alpha"] == 2 * e.options["r"]
+                                            for e in repaired.plan().entries if e.method == "lora")
+    plan = s.sample_choices(optuna.trial.FixedTrial({**{f"d.L{i}.{site}.method": "lora" for i in range(3)
+                                                       for site in ("q", "v")},
+                                                    **{f"d.L{i}.{site}.lora.r": 2 for i in range(3)
+                                                       for site in ("q", "v")}}), BERT).plan()
+    assert plan.entries == tuple(PlanEntry("lora", (0, 1, 2), (site,), {"r": 2, "alpha": 4}) for site in ("q", "v"))
+
+
 def test_sappa_mask_is_shared_by_the_three_modules():
     s = load_space("sappa")
     for trial in trials(20, 1):
@@ -219,7 +248,7 @@ decisions:
     methods:
       none: {}
       lora: {r: {int: [2, 16], log: true}, alpha: {int: [4, 16], step: 4}}
-      dora: {r: {choice: [2, 4]}}
+      dora: {r: {choice: [2, 4]}, alpha: 2r}
   - {name: pre, sites: [attn], per: layer, methods: {none: {}, prefix: {length: {int: [1, 5]}}}}
 """)
     ray_space = to_ray(s, BERT)
@@ -235,6 +264,7 @@ decisions:
         plan.placements(BERT)
         methods |= {c.method for c in sample.choices}
         ranks |= {c.values["r"] for c in sample.choices if c.method == "lora"}
+        assert all(e.options["alpha"] == 2 * e.options["r"] for e in plan.entries if e.method == "dora")  # tied
     assert methods == {"none", "lora", "dora", "prefix"}
     assert ranks <= set(range(2, 17)) and len(ranks) > 4
     with pytest.raises(UserError, match="not a point"):
@@ -294,6 +324,13 @@ ERRORS = [
     ("decisions:\n  - {sites: [q], sites: [v], methods: {none: {}}}", "duplicate key 'sites'"),
     ("a: &a [*a]\ndecisions: []", ":1:4: a[0]: an alias refers to itself"),
     ("decisions:\n  - sites: [q]\n    methods: {lora: {r: .nan}}", "plain value"),
+    ("decisions:\n  - {sites: [q], methods: {lora: {alpha: 2r}}}", "lora.alpha: '2r' ties alpha to option 'r', which "
+     "this method's options do not set (not given)"),
+    ("decisions:\n  - {sites: [q], methods: {lora: {r: 4, alpha: 2alpha}}}", "(itself)"),
+    ("decisions:\n  - {sites: [q], methods: {lora: {r: 2 alpha, alpha: 2r}}}", "tied itself"),
+    ("decisions:\n  - {sites: [q], methods: {adapter: {activation: relu, size: 2activation}}}", "not a number"),
+    ("decisions:\n  - {sites: [q], methods: {adapter: {scaling: 2.0, size: 1.5scaling}}}", "whole number"),
+    ("decisions:\n  - {sites: [q], methods: {lora: {r: 2, alpha: 2x}}}", "'2x' ties alpha to option 'x'"),
 ]
 
 

@@ -55,7 +55,7 @@ def supernet_plan(slices: list[Slice]) -> Plan:
     largest: dict[tuple[str, str], Slice] = {}
     for s in slices:
         largest[(s.unit, s.method)] = s  # slices come smallest first
-    return Plan(tuple(PlanEntry(s.method, s.layers, s.sites, dict(s.values)) for s in largest.values()))
+    return Plan(tuple(PlanEntry(s.method, s.layers, s.sites, s.choice().options) for s in largest.values()))
 
 
 class Supernet:

@@ -18,7 +18,8 @@ several (``none`` = nothing) and that method's hyperparameters::
       - {together: [lora, prefix], in: layer}
 
 A hyperparameter is a fixed value (``alpha: 16``) or a typed range with inclusive bounds:
-``{int: [lo, hi], log?, step?}``, ``{float: [lo, hi], log?, step?}``, ``{choice: [a, b, ...]}``.
+``{int: [lo, hi], log?, step?}``, ``{float: [lo, hi], log?, step?}``, ``{choice: [a, b, ...]}``, or a
+multiple of another option of the same method (``alpha: 2r``: tied, not searched; ``nodes.Tie``).
 The full reference is README.md's "Search spaces" section.
 
 Modules: :mod:`.nodes` (typed nodes), :mod:`.layers` (layer selections, groups, sites), :mod:`.source`
@@ -31,13 +32,13 @@ repair), :mod:`.stats` (size, fraction that fits), :mod:`.to_optuna` and :mod:`.
 
 from .layers import Groups, LayerSelection, parse_selection
 from .model import NONE, Decision, Forbid, Mask, Sample, Unit, UnitChoice, Violation
-from .nodes import Choice, Conditional, Fixed, Float, Int, Node
+from .nodes import Choice, Conditional, Fixed, Float, Int, Node, Tie
 from .parse import parse_space
 from .presets import PRESETS_PACKAGE, list_presets, load_space, preset_path
 from .search_space import SearchSpace
 
 __all__ = [
     "NONE", "PRESETS_PACKAGE", "Choice", "Conditional", "Decision", "Fixed", "Float", "Forbid", "Groups", "Int",
-    "LayerSelection", "Mask", "Node", "Sample", "SearchSpace", "Unit", "UnitChoice", "Violation", "list_presets",
+    "LayerSelection", "Mask", "Node", "Sample", "SearchSpace", "Tie", "Unit", "UnitChoice", "Violation", "list_presets",
     "load_space", "parse_selection", "parse_space", "preset_path",
 ]

@@ -129,13 +129,18 @@ class UnitChoice:
         layers = self.layers if layers is None else layers
         if self.method == NONE or not layers:
             return None
-        return PlanEntry(self.method, layers, self.sites, dict(self.values))
+        return PlanEntry(self.method, layers, self.sites, self.options)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The plan entry's options: the sampled values and the space's tied ones (``alpha: 2r``)."""
+        return self.decision.choice.completed(self.method, self.values)
 
     def num_params(self, arch: ModelArch, layers: tuple[int, ...] | None = None) -> int:
         layers = self.layers if layers is None else layers
         if self.method == NONE or not layers:
             return 0
-        return len(layers) * per_layer_cost(arch_key(arch), arch, self.method, _freeze(self.values), self.sites)
+        return len(layers) * per_layer_cost(arch_key(arch), arch, self.method, _freeze(self.options), self.sites)
 
     def trial_params(self) -> dict[str, Any]:
         """The Optuna parameters that reproduce this choice (fixed values are not parameters)."""
@@ -170,7 +175,7 @@ class Sample:
             layers = self.active_layers(choice)
             if choice.method == NONE or not layers:
                 continue
-            key = (choice.method, choice.sites, json.dumps(choice.values, sort_keys=True))
+            key = (choice.method, choice.sites, json.dumps(choice.options, sort_keys=True))
             grouped.setdefault(key, []).extend(layers)
         return Plan(tuple(
             PlanEntry(method, tuple(sorted(set(layers))), sites, json.loads(values))

@@ -8,7 +8,11 @@ Every range has explicit inclusive bounds, like Optuna's distributions:
 - ``Choice(options)``: one of a finite list of scalars;
 - ``Fixed(value)``: not a parameter at all (a known method is a single point of the space);
 - ``Conditional(branches)``: a choice of a *branch* (a method, or ``none``) whose own nodes are only
-  sampled when that branch is chosen.
+  sampled when that branch is chosen;
+- ``Tie(source, factor)``: an option that is not a node of its own but ``factor`` times another option
+  of the same method (``alpha: 2r``: LoRA's scale alpha/r is then 2 at every rank). A branch keeps its
+  ties apart from its nodes (``Conditional.ties``): sampling, sizes, repair and the Optuna/Ray parameters
+  see only the free options, and :meth:`Conditional.completed` adds the tied values where a plan is built.
 
 Besides sampling, the search needs to reason about values without an Optuna trial: how many values a node
 has (size of the space), which values are smaller (budget repair shrinks sizes and ranks), and whether a
@@ -18,7 +22,8 @@ value belongs to the node (a Ray sample or an enqueued trial must map back into 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 Scalar = bool | int | float | str | None
@@ -104,6 +109,20 @@ Node = Fixed | Int | Float | Choice
 
 
 @dataclass(frozen=True)
+class Tie:
+    """``factor`` times the option ``source`` of the same method (``alpha: 2r``)."""
+
+    source: str
+    factor: int | float
+
+    def value(self, values: Mapping[str, Any]) -> Any:
+        return self.factor * values[self.source]
+
+    def describe(self) -> str:
+        return f"{self.factor:g}{self.source}"
+
+
+@dataclass(frozen=True)
 class Conditional:
     """A choice among branches (method names or ``none``), each with its own option nodes.
 
@@ -112,10 +131,16 @@ class Conditional:
     """
 
     branches: dict[str, dict[str, Node]]
+    ties: dict[str, dict[str, Tie]] = field(default_factory=dict)  # branch -> option -> tie (not nodes)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.branches)
+
+    def completed(self, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A branch's option values with its tied options added (what a plan entry holds)."""
+        ties = self.ties.get(name, {})
+        return {**values, **{key: tie.value(values) for key, tie in ties.items()}}
 
     def count(self, name: str) -> int | None:
         """Number of distinct points of one branch (``None`` if one of its options is continuous)."""
