@@ -22,6 +22,7 @@ value belongs to the node (a Ray sample or an enqueued trial must map back into 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,10 @@ class Choice:
 Node = Fixed | Int | Float | Choice
 
 
+#: a tied option: a factor, then the name of another option of the same method (``2r``, ``0.5 * size``)
+TIE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\*?\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
 @dataclass(frozen=True)
 class Tie:
     """``factor`` times the option ``source`` of the same method (``alpha: 2r``)."""
@@ -120,6 +125,29 @@ class Tie:
 
     def describe(self) -> str:
         return f"{self.factor:g}{self.source}"
+
+
+def parse_tie(text: str, key: str, options: Mapping[str, Any], integer: bool) -> Tie:
+    """``key: 2r`` among a method's written ``options``; ``ValueError`` with the reason when it cannot hold."""
+    match = TIE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a tie; write e.g. {key}: 2r")
+    factor_text, source = match.groups()
+    factor: int | float = float(factor_text) if "." in factor_text else int(factor_text)
+    if source == key or source not in options:
+        raise ValueError(f"{text!r} ties {key} to option {source!r}, which this method's options do not set "
+                         f"({'itself' if source == key else 'not given'}); write e.g. {key}: 2r with r set")
+    written = options[source]
+    if isinstance(written, str) and TIE.match(written):
+        raise ValueError(f"{text!r} ties {key} to {source}, which is tied itself; tie both to one free option")
+    values = written.get("choice", ()) if isinstance(written, dict) else (written,)  # int/float ranges: numbers
+    if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
+        raise ValueError(f"{key} is tied to {source}, which is not a number")
+    if integer and not isinstance(factor, int):
+        raise ValueError(f"{key} is an integer: its factor must be a whole number, got {factor_text}")
+    if factor <= 0:
+        raise ValueError(f"{text!r}: the factor must be positive")
+    return Tie(source, factor)
 
 
 @dataclass(frozen=True)

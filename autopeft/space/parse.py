@@ -19,7 +19,7 @@ from autopeft.methods import REGISTRY, Placement, get_method, make_config
 
 from .layers import ALL, KNOWN_SITES, MODEL_SITES, Groups, SelectionError, canonical_site, parse_selection
 from .model import NONE, Decision, Forbid, Mask
-from .nodes import Choice, Conditional, Fixed, Float, Int, Node, Tie, is_number
+from .nodes import TIE, Choice, Conditional, Fixed, Float, Int, Node, Tie, is_number, parse_tie
 from .search_space import SearchSpace
 from .source import Located, Path, load_located, show_path
 
@@ -34,8 +34,6 @@ TRAINING = {"lr": (float, 0.0, None, True), "head_lr_scale": (float, 0.0, None, 
             "max_grad_norm": (float, 0.0, None, True), "batch_size": (int, 1, None, False)}
 RESERVED = ("training", "mask", "none")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-#: a tied option: a factor, then the name of another option of the same method (``2r``, ``0.5 * size``)
-TIE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\*?\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
 MAX_OPTIONS = 10_000
 
 
@@ -214,9 +212,7 @@ class _Parser:
                 if site not in allowed_sites:
                     raise self.error(where, f"method '{method}' does not go on site '{site}'; it goes on: "
                                             f"{_allowed(allowed_sites)}")
-            branches[method], method_ties = self.options(method, options, where)
-            if method_ties:
-                ties[method] = method_ties
+            branches[method], ties[method] = self.options(method, options, where)
         return Conditional(branches, ties)
 
     def options(self, method: str, value: Any, path: Path) -> tuple[dict[str, Node], dict[str, Tie]]:
@@ -230,7 +226,10 @@ class _Parser:
             where = path + (key,)
             kind = _numeric_kind(hints[key])
             if isinstance(raw, str) and kind in ("int", "float") and TIE.match(raw):
-                ties[key] = self.tie(raw, where, key, doc, kind)
+                try:
+                    ties[key] = parse_tie(raw, key, doc, integer=kind == "int")
+                except ValueError as exc:
+                    raise self.error(where, str(exc)) from None
                 continue
             node = self.node(raw, where, kind)
             for candidate in _probe_values(node):
@@ -239,9 +238,6 @@ class _Parser:
                 except UserError as exc:
                     raise self.error(where, str(exc)) from None
             nodes[key] = node
-        for key, tie in ties.items():
-            if not all(is_number(v) for v in _probe_values(nodes[tie.source])):
-                raise self.error(path + (key,), f"{key} is tied to {tie.source}, which is not a number")
         for extreme in (0, -1):  # options may constrain each other: the lowest and highest settings must build
             values = {k: _probe_values(n)[extreme] for k, n in nodes.items()}
             values.update({k: tie.value(values) for k, tie in ties.items()})
@@ -250,25 +246,6 @@ class _Parser:
             except UserError as exc:
                 raise self.error(path, str(exc)) from None
         return nodes, ties
-
-    def tie(self, raw: str, path: Path, key: str, doc: dict[str, Any], kind: str) -> Tie:
-        """``2r``: this option is twice the option ``r`` of the same method, whatever value ``r`` takes."""
-        match = TIE.match(raw)
-        assert match is not None
-        factor_text, source = match.groups()
-        factor: int | float = float(factor_text) if "." in factor_text else int(factor_text)
-        example = f"write e.g. {key}: 2r to tie it to the option r"
-        if source == key or source not in doc:
-            raise self.error(path, f"{raw!r} ties {key} to option {source!r}, which this method's options do not "
-                                   f"set ({'itself' if source == key else 'not given'}); {example}")
-        source_raw = doc[source]
-        if isinstance(source_raw, str) and TIE.match(source_raw):
-            raise self.error(path, f"{raw!r} ties {key} to {source}, which is tied itself; tie both to one free option")
-        if kind == "int" and not isinstance(factor, int):
-            raise self.error(path, f"{key} is an integer: its factor must be a whole number, got {factor_text}")
-        if factor <= 0:
-            raise self.error(path, f"{raw!r}: the factor must be positive")
-        return Tie(source, factor)
 
     # --- nodes ------------------------------------------------------------------------------------
     def node(self, value: Any, path: Path, kind: str | None) -> Node:
