@@ -123,9 +123,6 @@ class Tie:
     def value(self, values: Mapping[str, Any]) -> Any:
         return self.factor * values[self.source]
 
-    def describe(self) -> str:
-        return f"{self.factor:g}{self.source}"
-
 
 def parse_tie(text: str, key: str, options: Mapping[str, Any], integer: bool) -> Tie:
     """``key: 2r`` among a method's written ``options``; ``ValueError`` with the reason when it cannot hold."""
