@@ -271,7 +271,8 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
         values = comparison["validation"]["baseline"]
         mean, std = mean_std(values)
         best_record = {"seeds": comparison["seeds"], "values": values, "mean": mean, "std": std,
-                       "steps": ctx.settings.max_steps}
+                       "steps": ctx.settings.max_steps,
+                       "collapsed_seeds": collapsed_seeds(ctx, best_trial, comparison["seeds"], reporter)}
     metric = ctx.prepared.session.primary_metric
     shutil.rmtree(ctx.files.front_root, ignore_errors=True)
     for entry in front:
@@ -317,8 +318,7 @@ def _write_best(ctx: SearchContext, trial: FrozenTrial, record: dict[str, Any],
                "test": tests[seed], "retrain": record, "pick": ctx.settings.pick,
                "test_retrain": {"seeds": record["seeds"], "values": test_values, "mean": mean, "std": std},
                "standard_error": standard_errors(ctx, record["mean"], mean),
-               "collapsed_seeds": record["collapsed_seeds"] if "collapsed_seeds" in record
-               else collapsed_seeds(ctx, trial, record["seeds"], reporter)}  # a kept baseline's: not reported yet
+               "collapsed_seeds": record["collapsed_seeds"]}
     if trial.user_attrs.get(BASELINE_ATTR):
         metrics["baseline"] = trial.user_attrs[BASELINE_ATTR]
     _copy_adapter(_adapter_dir(ctx, trial, seed), ctx.files.best_dir, metrics)
