@@ -124,20 +124,24 @@ class Tie:
         return self.factor * values[self.source]
 
 
-def parse_tie(text: str, key: str, options: Mapping[str, Any], integer: bool) -> Tie:
-    """``key: 2r`` among a method's written ``options``; ``ValueError`` with the reason when it cannot hold."""
-    match = TIE.match(text)
+def parse_tie(written: Any, key: str, options: Mapping[str, Any], kind: str | None) -> Tie | None:
+    """``key: 2r`` among a method's written ``options`` (``kind``: the option's type, "int" or "float" for a
+    number); None when ``written`` is no tie of a numeric option, ``ValueError`` with the reason when it is
+    but cannot hold."""
+    match = TIE.match(written) if isinstance(written, str) and kind in ("int", "float") else None
     if match is None:
-        raise ValueError(f"{text!r} is not a tie; write e.g. {key}: 2r")
+        return None
+    text, integer = written, kind == "int"
     factor_text, source = match.groups()
     factor: int | float = float(factor_text) if "." in factor_text else int(factor_text)
     if source == key or source not in options:
         raise ValueError(f"{text!r} ties {key} to option {source!r}, which this method's options do not set "
                          f"({'itself' if source == key else 'not given'}); write e.g. {key}: 2r with r set")
-    written = options[source]
-    if isinstance(written, str) and TIE.match(written):
+    source_written = options[source]
+    if isinstance(source_written, str) and TIE.match(source_written):
         raise ValueError(f"{text!r} ties {key} to {source}, which is tied itself; tie both to one free option")
-    values = written.get("choice", ()) if isinstance(written, dict) else (written,)  # int/float ranges: numbers
+    values = (source_written.get("choice", ()) if isinstance(source_written, dict)  # int/float ranges: numbers
+              else (source_written,))
     if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
         raise ValueError(f"{key} is tied to {source}, which is not a number")
     if integer and not isinstance(factor, int):

@@ -19,7 +19,7 @@ from autopeft.methods import REGISTRY, Placement, get_method, make_config
 
 from .layers import ALL, KNOWN_SITES, MODEL_SITES, Groups, SelectionError, canonical_site, parse_selection
 from .model import NONE, Decision, Forbid, Mask
-from .nodes import TIE, Choice, Conditional, Fixed, Float, Int, Node, Tie, is_number, parse_tie
+from .nodes import Choice, Conditional, Fixed, Float, Int, Node, Tie, is_number, parse_tie
 from .search_space import SearchSpace
 from .source import Located, Path, load_located, show_path
 
@@ -225,11 +225,12 @@ class _Parser:
         for key, raw in doc.items():
             where = path + (key,)
             kind = _numeric_kind(hints[key])
-            if isinstance(raw, str) and kind in ("int", "float") and TIE.match(raw):
-                try:
-                    ties[key] = parse_tie(raw, key, doc, integer=kind == "int")
-                except ValueError as exc:
-                    raise self.error(where, str(exc)) from None
+            try:
+                tie = parse_tie(raw, key, doc, kind)
+            except ValueError as exc:
+                raise self.error(where, str(exc)) from None
+            if tie is not None:
+                ties[key] = tie
                 continue
             node = self.node(raw, where, kind)
             for candidate in _probe_values(node):
