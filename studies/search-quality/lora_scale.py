@@ -24,14 +24,22 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sqlib import LAYERS, append_jsonl, load, machine, quiet_logs, read_jsonl, train_with_predictions  # noqa: E402
+from sqlib import (  # noqa: E402
+    LAYERS,
+    append_jsonl,
+    best_validation_lr,
+    load,
+    machine,
+    quiet_logs,
+    read_jsonl,
+    train_with_predictions,
+)
 
 from autopeft.peft.plan import Plan, PlanEntry  # noqa: E402
 from autopeft.searching.final_stage import mean_std  # noqa: E402
@@ -112,10 +120,9 @@ def summarize() -> str:
         for structure in STRUCTURES:
             best_lr: dict[str, float] = {}
             for alpha in ALPHAS:
-                measured = [lr for lr in LRS if (structure, alpha, lr) in cells]
-                if measured:
-                    best_lr[alpha] = max(measured, key=lambda lr, a=alpha: statistics.fmean(
-                        r["validation"] for r in cells[(structure, a, lr)]))
+                best = best_validation_lr({lr: cells.get((structure, alpha, lr), []) for lr in LRS})
+                if best is not None:
+                    best_lr[alpha] = best
             for alpha in ALPHAS:
                 if alpha not in best_lr:
                     continue

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from sqlib import (  # noqa: E402
     LAYERS,
     LORA_R8_QV,
     append_jsonl,
+    best_validation_lr,
     load,
     machine,
     quiet_logs,
@@ -122,10 +122,9 @@ def summarize(steps: int) -> str:
         complete = {k: sorted(v, key=lambda r: r["seed"]) for k, v in cells.items() if len(v) == len(SEEDS)}
         best_lr = {}
         for name in ARMS:
-            measured = [lr for lr in LRS if (name, lr) in complete]
-            if measured:
-                best_lr[name] = max(measured, key=lambda lr, n=name: statistics.fmean(
-                    r["validation"] for r in complete[(n, lr)]))
+            best = best_validation_lr({lr: complete.get((name, lr), []) for lr in LRS})
+            if best is not None:
+                best_lr[name] = best
         rows = []
         lines += [f"### {dataset}", "", "| plan | params | " + " | ".join(f"lr {lr:g}" for lr in LRS)
                   + " | test at best lr − LoRA r8 q,v at its best (pt) |", "|---|---|" + "---|" * len(LRS) + "---|"]

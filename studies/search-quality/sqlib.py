@@ -13,8 +13,10 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +173,13 @@ def chosen_lr(records: list[dict], recipe: str, first_seed: int) -> float:
     smaller rate)."""
     first = [r for r in records if r["recipe"] == recipe and r["seed"] == first_seed]
     return max(first, key=lambda r: (r["validation"], -r["lr"]))["lr"]
+
+
+def best_validation_lr(runs_by_lr: Mapping[float, list[dict]]) -> float | None:
+    """Among the learning rates that have runs (lr -> runs, in grid order), the one with the highest mean
+    validation accuracy (ties: the first); None when there is none."""
+    return max((lr for lr, runs in runs_by_lr.items() if runs), default=None,
+               key=lambda lr: statistics.fmean(r["validation"] for r in runs_by_lr[lr]))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
