@@ -135,7 +135,8 @@ def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, mon
 
     monkeypatch.setattr(final_stage, "joiners_fit", lambda *args: False)
     monkeypatch.setattr(final_stage, "retrain", lambda ctx, study, trial, reporter: {
-        "seeds": [trial.user_attrs["seed"]], "values": [0.0], "mean": 0.0, "std": 0.0, "steps": 30})
+        "seeds": [trial.user_attrs["seed"]], "values": [0.0], "mean": 0.0, "std": 0.0, "steps": 30,
+        "collapsed_seeds": []})
     model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     out = tmp_path / "study"

@@ -152,7 +152,7 @@ def run_share(ctx: SearchContext, study: optuna.Study, index: int, count: int, r
 
 
 def retrain(ctx: SearchContext, study: optuna.Study, trial: FrozenTrial, reporter: Reporter) -> dict[str, Any]:
-    """All seeds of one front plan (training the missing ones); returns ``{"seeds", "values", "mean", "std"}``."""
+    """All seeds of one front plan (training the missing ones); returns ``{"seeds", "values", "mean", "std", "steps", "collapsed_seeds"}``."""
     ensure_trial_adapter(ctx, trial, reporter)
     seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)
     values = [float(trial.values[0])] + [run_job(ctx, trial, seed, reporter) for seed in seeds[1:]]
