@@ -24,6 +24,7 @@ from typing import Literal
 import optuna
 import pandas as pd
 import pytest
+import storage_race
 import torch
 import torch.nn as nn
 from optuna.trial import TrialState
@@ -551,17 +552,6 @@ def test_a_worker_killed_while_sampling_is_found_dead_at_once_not_after_the_grac
     assert is_stale(trial, grace_s=GRACE_S)  # its pid is gone: no need to wait GRACE_S
 
 
-def _open_when_told(url: str, start: float) -> str:
-    from autopeft.core.errors import UserError
-    from autopeft.study.files import open_storage
-    time.sleep(max(0.0, start - time.time()))
-    try:
-        open_storage(url)
-        return "ok"
-    except UserError as exc:
-        return str(exc)
-
-
 @pytest.mark.slow  # spawns 4 processes
 def test_processes_opening_one_new_storage_at_once_all_succeed(tmp_path):
     # a search, its second worker and `autopeft pareto` may create the same new database at the same moment
@@ -572,9 +562,11 @@ def test_processes_opening_one_new_storage_at_once_all_succeed(tmp_path):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
-            pool.submit(time.sleep, 0).result()  # warm the pool: the workers have imported by the start time
-            start = time.time() + 3.0
-            outcomes = list(pool.map(_open_when_told, [url] * 4, [start] * 4))
+            # warm the pool: four tasks at once start four workers, each imports before the start time
+            warm = [pool.submit(storage_race.ready) for _ in range(4)]
+            assert all(f.result() for f in warm)
+            start = time.time() + 2.0
+            outcomes = list(pool.map(storage_race.open_when_told, [url] * 4, [start] * 4))
         assert outcomes == ["ok"] * 4
 
 
