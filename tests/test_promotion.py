@@ -168,5 +168,9 @@ def test_retrained_seeds_that_collapsed_to_one_class_are_found_and_reported(tmp_
     console = Console(record=True, width=200)
     reporter = Reporter(live=False, console=console)
     assert collapsed_seeds(SimpleNamespace(files=files), trial, [11, 1000003, 2000006], reporter) == [1000003, 2000006]
-    assert "trial 11 collapsed to one class on validation with seed(s) 1000003, 2000006 of 3" in console.export_text()
+    text = " ".join(console.export_text().split())
+    assert "trial 11 collapsed to one class on validation with seed(s) 1000003, 2000006 of 3 (an unstable plan" in text
     assert collapsed_seeds(SimpleNamespace(files=files), trial, [11], reporter) == []
+    # every seed one class (head only at a small lr): said so, not called unstable
+    assert collapsed_seeds(SimpleNamespace(files=files), trial, [1000003, 2000006], reporter) == [1000003, 2000006]
+    assert "seed(s) 1000003, 2000006 of 2 (it learned nothing beyond one class)" in " ".join(console.export_text().split())

@@ -169,8 +169,11 @@ def collapsed_seeds(ctx: SearchContext, trial: FrozenTrial, seeds: list[int], re
     collapsed run into its level (an lr or LoRA scale too large for it), which a reader must know."""
     collapsed = [s for s in seeds if predicts_one_class(_validation_of(ctx, trial, s))]
     if collapsed:
+        # every seed: the plan never got past the majority class (head only at a small lr, say), not unstable
+        why = ("it learned nothing beyond one class" if len(collapsed) == len(seeds)
+               else "an unstable plan: its mean includes them")
         reporter.info(f"final stage: trial {trial.number} collapsed to one class on validation with seed(s) "
-                      f"{', '.join(map(str, collapsed))} of {len(seeds)} (an unstable plan: its mean includes them)")
+                      f"{', '.join(map(str, collapsed))} of {len(seeds)} ({why})")
     return collapsed
 
 
