@@ -153,7 +153,7 @@ def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, mon
 def test_a_tiny_search_with_a_tiny_budget_ends_on_time(tmp_path):
     model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
-    out, budget = tmp_path / "study", 45.0
+    out, budget = tmp_path / "study", 30.0
     start = time.monotonic()
     code = main(["search", "--model", str(model), "--dataset", str(data), "--space", str(tmp_path / "space.yaml"),
                  "--budget", "1.2k", "--batch-size", "8", "--trials", "500", "--max-steps", "90",
