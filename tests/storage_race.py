@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 
+from autopeft.core.errors import UserError
+from autopeft.study.files import open_storage
+
 
 def open_when_told(url: str, start: float) -> str:
     """Open (and so create) the storage at ``url`` at the time ``start``; ``"ok"`` or the one-line error."""
-    from autopeft.core.errors import UserError
-    from autopeft.study.files import open_storage
-
     time.sleep(max(0.0, start - time.time()))
     try:
         open_storage(url)
@@ -21,7 +21,6 @@ def open_when_told(url: str, start: float) -> str:
 
 
 def ready() -> bool:
-    """Run once in every worker before the race, so that each has imported what it needs by the start time."""
-    from autopeft.study.files import open_storage  # noqa: F401
-
+    """Run once in every worker before the race: receiving it imports this module (and what it imports), so
+    each worker is ready by the start time."""
     return True
