@@ -188,11 +188,14 @@ def test_ctrl_c_and_sigkill_mid_rung_and_mid_final_stage_then_the_same_command_f
     out = tmp_path / "study"
     command = _command(assets, out)
 
-    # 1. Ctrl-C while a trial after the warm start trains: it stops at a step, saves, exits 130
-    search = Search(command, tmp_path / "run1.log")
-    search.wait_for(lambda: "] trial 1 (" in search.text(), "trial 1 started")
-    time.sleep(0.5)
+    # 1. Ctrl-C while a trial after the warm start trains: it stops at a step, saves, exits 130. Steps are
+    # slowed (>= 50 ms each) so trial 1 is still training when the signal comes: on a fast host it once
+    # finished its 20-step rung in the time the test slept and refused a second search.
+    search = Search(command, tmp_path / "run1.log", env=slow_steps_env(tmp_path / "slow"))
+    search.wait_for(lambda: "] trial 0 (" in search.text(), "trial 0 started")
     assert main(["search", *command[4:], "--quiet"]) == 2  # meanwhile: a second search is refused (lock)
+    search.wait_for(lambda: "] trial 1 (" in search.text(), "trial 1 started")
+    time.sleep(0.2)
     assert search.signal(signal.SIGINT) == 130
     log = search.flat()
     assert "Traceback" not in log and log.endswith("interrupted")
