@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from types import SimpleNamespace
 from typing import get_args
 
 import optuna
@@ -18,10 +19,18 @@ from scipy import stats
 from autopeft.cli.main import main
 from autopeft.core.arch import arch_from_config
 from autopeft.core.errors import UserError
-from autopeft.searching.baselines import RECIPES, fitting_baselines, spread_learning_rates
-from autopeft.searching.comparison import uplift
+from autopeft.searching.baselines import (
+    BASELINE_ATTR,
+    PLAN_ATTR,
+    RECIPES,
+    fitting_baselines,
+    spread_learning_rates,
+)
+from autopeft.searching.bookkeeping import baseline_contenders
+from autopeft.searching.comparison import settle_baseline, uplift
+from autopeft.searching.objectives import Objectives
 from autopeft.searching.options import parse_baselines
-from autopeft.searching.settings import BaselineName
+from autopeft.searching.settings import BaselineName, SearchSettings
 from autopeft.searching.uplift import (
     accuracy_standard_error,
     describe_comparison,
@@ -176,6 +185,16 @@ def test_a_search_trains_the_baselines_marks_them_and_reports_the_uplift(tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     comparison = summary["baseline_comparison"]
     assert comparison["baseline"] in marked.values()
+    # the best baseline's recipe at both lrs, retrained on the shared seed (2 of --seeds 2): the better mean
+    choice = comparison["lr_choice"]
+    assert choice["seeds"] == [1_000_003] and len(choice["means"]) == 2 and comparison["trial"] == choice["chosen"]
+    for number, mean in choice["means"].items():
+        assert marked[int(number)].split(", lr")[0] == comparison["baseline"].split(", lr")[0]
+        metrics = json.loads((out / "trials" / f"{int(number):04d}" / "seed-1000003" / "metrics.json").read_text())
+        assert mean == metrics["validation"]["accuracy"]
+    best_mean = max(choice["means"].values())
+    assert choice["means"][str(choice["chosen"])] == best_mean
+    assert choice["chosen"] == choice["rungs_chose"] or choice["means"][str(choice["rungs_chose"])] < best_mean
     if not comparison["pick_is_baseline"]:
         seeds = comparison["seeds"]
         assert len(comparison["validation"]["pick"]) == len(comparison["validation"]["baseline"]) == len(seeds) == 2
@@ -213,3 +232,73 @@ def test_the_pick_meets_a_weaker_baseline_example_by_example(tmp_path):
     kept_search = comparison["validation"]["uplift"]["beyond_noise"]
     assert comparison["picked"] == ("search" if kept_search else "baseline")
     assert (summary["best"]["trial"] == comparison["trial"]) == (not kept_search)
+
+
+def _study_with_baselines(pfeiffer_top: float = 0.85) -> optuna.Study:
+    """LoRA at two lrs (the first at 0.90 on the top rung, the second stopped at the first rung), a Pfeiffer
+    at ``pfeiffer_top`` on the top rung, LoRA at a third lr that failed before any rung, and a sampled plan."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    lora, pfeiffer = {"entries": ["lora"]}, {"entries": ["pfeiffer"]}
+    for name, plan, rungs in (("lora, lr 1e-3", lora, {"10": 0.80, "30": 0.90}), ("lora, lr 2e-3", lora, {"10": 0.70}),
+                              ("pfeiffer, lr 1e-3", pfeiffer, {"10": 0.75, "30": pfeiffer_top}), ("lora, lr 3e-3", lora, None),
+                              (None, None, {"10": 0.95, "30": 0.95})):
+        trial = study.ask()
+        if name:
+            trial.set_user_attr(BASELINE_ATTR, name)
+            trial.set_user_attr(PLAN_ATTR, plan)
+        if rungs:
+            trial.set_user_attr("rung_metrics", rungs)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+def test_the_best_baselines_lr_twins_contend_when_there_are_seeds_to_settle_it_on():
+    study = _study_with_baselines()
+    settings = SearchSettings(seeds=3)
+    # the best at the top rung (trial 0) and its recipe at the other lr that trained (trial 1, stopped at the
+    # first rung); not Pfeiffer (another recipe), not the failed twin, not the sampled plan
+    assert [t.number for t in baseline_contenders(study, settings, True)] == [0, 1]
+    assert [t.number for t in baseline_contenders(study, SearchSettings(seeds=1), True)] == [0]
+    assert baseline_contenders(study, SearchSettings(seeds=3, baselines=()), True) == []
+
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_the_baselines_lr_is_settled_on_the_mean_over_the_shared_seeds():
+    study = _study_with_baselines()
+    ctx = SimpleNamespace(objectives=Objectives(("metric", "params"), greater_is_better=True),
+                          settings=SearchSettings(seeds=3))
+    values = {(0, 11): 0.90, (0, 12): 0.86, (1, 11): 0.89, (1, 12): 0.91}  # trial 1's mean is higher: 0.90 > 0.88
+    asked: list[tuple[int, int]] = []
+
+    def retrain(trial, seed):
+        asked.append((trial.number, seed))
+        return values[trial.number, seed]
+
+    reporter = _Lines()
+    chosen, record = settle_baseline(ctx, study, [11, 12], retrain, reporter)
+    assert chosen.number == 1 and sorted(asked) == sorted(values)
+    assert record == {"seeds": [11, 12], "rungs_chose": 0, "chosen": 1,
+                      "means": {"0": pytest.approx(0.88), "1": pytest.approx(0.90)}}
+    assert reporter.lines[-1].endswith("-> lora, lr 2e-3") and "lora, lr 1e-3 (trial 0) 0.8800" in reporter.lines[-1]
+    described = describe_comparison({"baseline": "lora, lr 2e-3", "trial": 1, "pick_is_baseline": True,
+                                     "lr_choice": record})
+    assert described == "the pick is the baseline lora, lr 2e-3 (trial 1; its lr settled on seeds 11, 12, where the " \
+                        "rungs had chosen trial 0)"
+    # a tie keeps the rungs' choice; lower-is-better metrics choose the lowest mean
+    values.update({(1, 11): 0.90, (1, 12): 0.86})
+    assert settle_baseline(ctx, study, [11, 12], retrain, _Lines())[0].number == 0
+    lower = SimpleNamespace(objectives=Objectives(("metric", "params"), greater_is_better=False), settings=ctx.settings)
+    values.update({(1, 11): 0.80})  # trial 1's mean is now the lower: 0.83 < 0.88
+    assert settle_baseline(lower, _study_with_baselines(pfeiffer_top=0.95), [11, 12], retrain, _Lines())[0].number == 1
+    # no shared seeds (--seeds 1), or a best baseline without lr twins: the rungs' choice, no record, no retraining
+    asked.clear()
+    assert settle_baseline(ctx, study, [], retrain, _Lines()) == (study.trials[0], None)
+    assert settle_baseline(lower, study, [11, 12], retrain, _Lines()) == (study.trials[2], None)  # Pfeiffer, alone
+    assert not asked

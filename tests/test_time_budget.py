@@ -39,17 +39,19 @@ def test_the_final_stage_share_is_estimated_from_the_trials_durations():
     objectives = Objectives(("metric", "params"), greater_is_better=True)
     study = _study_with_complete_trials([10.0, 30.0, 20.0])
     assert full_fidelity_seconds(study) == 20.0
-    # seeds 2..3 of the 3 finalists and of the best baseline: 8 retrainings of 20 s over 2 workers = 4
-    # rounds, then the baseline on the pick's own seed in this process: 5 x 20 s
+    # seeds 2..3 of the 3 finalists, of the best baseline and of its lr twin (no baseline has trained yet;
+    # --baseline-lrs 2): 10 retrainings of 20 s over 2 workers = 5 rounds, then the baseline on the pick's
+    # own seed in this process: 6 x 20 s
     settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
-    assert final_stage_seconds(study, objectives, settings) == pytest.approx(100.0)
-    # one finalist of a 3-plan front: 4 shared retrainings = 2 rounds, the baseline's own seed, and one
+    assert final_stage_seconds(study, objectives, settings) == pytest.approx(120.0)
+    assert final_stage_seconds(study, objectives, replace(settings, baseline_lrs=1)) == pytest.approx(100.0)
+    # one finalist of a 3-plan front: 6 shared retrainings = 3 rounds, the baseline's own seed, and one
     # front plan that may join on seed means (its 2 seeds over 2 workers' threads: 1 round)
-    assert final_stage_seconds(study, objectives, replace(settings, finalists=1)) == pytest.approx(80.0)
-    assert final_stage_seconds(study, objectives, replace(settings, finalists=1, pick="knee")) == pytest.approx(100.0)
+    assert final_stage_seconds(study, objectives, replace(settings, finalists=1)) == pytest.approx(100.0)
+    assert final_stage_seconds(study, objectives, replace(settings, finalists=1, pick="knee")) == pytest.approx(120.0)
     assert final_stage_seconds(study, objectives, replace(settings, baselines=())) == pytest.approx(60.0)
-    assert not out_of_time(study, objectives, settings, started=0.0, now=79.0)  # 79 + 20 + 100 <= 200
-    assert out_of_time(study, objectives, settings, started=0.0, now=81.0)
+    assert not out_of_time(study, objectives, settings, started=0.0, now=59.0)  # 59 + 20 + 120 <= 200
+    assert out_of_time(study, objectives, settings, started=0.0, now=61.0)
     assert not out_of_time(study, objectives, SearchSettings(), started=0.0, now=10**9)  # no budget
 
 
@@ -84,10 +86,10 @@ def test_the_final_stage_estimate_counts_each_plan_at_its_own_duration_and_a_fin
 
 def test_a_final_stage_that_cannot_fit_is_announced_with_what_would_fit():
     objectives = Objectives(("metric", "params"), greater_is_better=True)
-    study = _study_with_complete_trials([10.0, 30.0, 20.0])  # 20 s per training; final stage 100 s (above)
+    study = _study_with_complete_trials([10.0, 30.0, 20.0])  # 20 s per training; final stage 120 s (above)
     settings = SearchSettings(time_budget_s=200.0, seeds=3, workers=2)
-    assert final_stage_overrun(study, objectives, settings, started=0.0, now=150.0) is None  # 50 s late: noise
-    message = final_stage_overrun(study, objectives, settings, started=0.0, now=230.0)  # 130 s late
+    assert final_stage_overrun(study, objectives, settings, started=0.0, now=130.0) is None  # 50 s late: noise
+    message = final_stage_overrun(study, objectives, settings, started=0.0, now=210.0)  # 130 s late
     assert message is not None and "the command will end about 2 min after --time-budget" in message
     assert "--seeds 2" in message
     assert final_stage_overrun(study, objectives, replace(settings, time_budget_s=None), 0.0, 10.0**9) is None

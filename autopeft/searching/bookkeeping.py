@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.choices import TRAINED_OR_TRAINING, TrialStatus
-from autopeft.searching.baselines import BASELINE_ATTR
+from autopeft.searching.baselines import BASELINE_ATTR, PLAN_ATTR
 from autopeft.searching.objectives import Objectives
 from autopeft.searching.promotion import pareto_front
 
@@ -125,6 +125,23 @@ def best_baseline(study: optuna.Study, greater_is_better: bool) -> FrozenTrial |
     return max(at_top, key=lambda t: (sign * t.user_attrs["rung_metrics"][str(top)], -t.number))
 
 
+def baseline_contenders(study: optuna.Study, settings: Any, greater_is_better: bool) -> list[FrozenTrial]:
+    """The baselines the final stage retrains on the shared seeds 2..K: the best one
+    (:func:`best_baseline`, decided on one seed at a rung) and, with ``--seeds`` >= 2, its recipe at its
+    other learning rates (``--baseline-lrs``: the baseline trials with the same plan that trained), so that
+    the recipe's lr is settled on seed means at full fidelity
+    (:func:`autopeft.searching.comparison.settle_baseline`). Empty without baselines."""
+    best = best_baseline(study, greater_is_better) if settings.baselines else None
+    if best is None:
+        return []
+    plan = best.user_attrs.get(PLAN_ATTR)
+    if settings.seeds < 2 or plan is None:
+        return [best]
+    twins = [t for t in study.get_trials(deepcopy=False) if t.number != best.number
+             and t.user_attrs.get(PLAN_ATTR) == plan and t.user_attrs.get("rung_metrics")]
+    return [best, *twins]
+
+
 # --- the time budget -------------------------------------------------------------------------------
 
 def trial_full_fidelity_seconds(trial: FrozenTrial, max_steps: int | None) -> float | None:
@@ -160,8 +177,8 @@ def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: A
                         training: float | None = None) -> float:
     """Estimated wall time of the final stage if the search stopped now: the retrainings the final stage
     would run (:func:`autopeft.searching.final_stage.jobs`: seeds 2..K of each finalist, and of the best
-    baseline unless it is a finalist), each at its own plan's measured duration, split round-robin over the
-    local workers as ``run_share`` splits them; then the best baseline on the pick's own seed (one
+    baseline and its lr twins unless they are finalists), each at its own plan's measured duration, split
+    round-robin over the local workers as ``run_share`` splits them; then the best baseline on the pick's own seed (one
     training, this process alone). A baseline not trained yet counts at the median full-fidelity duration.
     When the front has more plans than finalists, one plan joining on seed means is foreseen too (the
     winner's curse makes that common: measured on trec, a 20-minute search overran by 1.3 minutes without
@@ -182,9 +199,11 @@ def final_stage_seconds(study: optuna.Study, objectives: Objectives, settings: A
 
     # no plan at full fidelity yet: one finalist at the median duration, as there will be at least one
     plans: list[FrozenTrial | None] = [trials[n] for n in numbers] or [None]
-    baseline = best_baseline(study, objectives.greater_is_better) if settings.baselines else None
-    if settings.baselines and (baseline is None or baseline.number not in numbers):
-        plans.append(baseline)  # None: no baseline has trained yet, so its duration is the median's
+    contenders = baseline_contenders(study, settings, objectives.greater_is_better)
+    baseline = contenders[0] if contenders else None
+    plans += [t for t in contenders if t.number not in numbers]
+    if settings.baselines and baseline is None:  # none has trained yet: the best and its lr twins, at the median
+        plans += [None] * (1 + (max(0, settings.baseline_lrs - 1) if settings.seeds > 1 else 0))
     job_seconds = [seconds(plan) for plan in plans for _ in range(settings.seeds - 1)]
     shared = max((sum(job_seconds[i::workers]) for i in range(workers)), default=0.0)
     after = seconds(baseline) if settings.baselines and settings.seeds > 1 else 0.0

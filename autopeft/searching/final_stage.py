@@ -27,8 +27,9 @@ front/ and best/.
 4. ``front/<n>/`` holds each front plan's adapter (a finalist's: the seed with the median metric, upper
    median for even K); ``best/`` the pick's, with its validation and test metrics, plus the test metric
    of every seed (mean ± std). Test metrics are computed for the pick only, after it is chosen.
-5. Against the baselines (:mod:`autopeft.searching.comparison`): the best baseline is retrained with
-   the pick's seeds (only the pick's own seed is left by then) and the paired uplift is reported; if it
+5. Against the baselines (:mod:`autopeft.searching.comparison`): the best baseline (its recipe's lr
+   settled on the shared seeds among its lr twins, :func:`~autopeft.searching.comparison.settle_baseline`)
+   is retrained with the pick's seeds (only the pick's own seed is left by then) and the paired uplift is reported; if it
    is not beyond noise on validation, the baseline becomes the pick (``best/``), and ``summary.json``
    says so (``baseline_comparison``).
 """
@@ -51,8 +52,8 @@ from autopeft.core.errors import UserError
 from autopeft.peft.artifacts import load_adapter, save_adapter, write_json
 from autopeft.peft.plan import Plan
 from autopeft.searching.baselines import BASELINE_ATTR
-from autopeft.searching.bookkeeping import best_baseline, finalist_numbers, joiners_fit, top_rung_front
-from autopeft.searching.comparison import compare, evaluate_adapters, standard_errors
+from autopeft.searching.bookkeeping import baseline_contenders, finalist_numbers, joiners_fit, top_rung_front
+from autopeft.searching.comparison import compare, evaluate_adapters, settle_baseline, standard_errors
 from autopeft.searching.context import SearchContext, adapter_config
 from autopeft.searching.interrupt import check, checked
 from autopeft.searching.objectives import Objectives
@@ -133,13 +134,14 @@ def ensure_trial_adapter(ctx: SearchContext, trial: FrozenTrial, reporter: Repor
 
 
 def jobs(ctx: SearchContext, study: optuna.Study) -> list[tuple[FrozenTrial, int]]:
-    """Every (finalist or best baseline, seed 2..K) retraining, in a fixed order (every process computes the
-    same list). The best baseline's are known before the pick: its seeds 2..K are the pick's too."""
+    """Every (finalist or baseline contender, seed 2..K) retraining, in a fixed order (every process computes
+    the same list). The baselines' are known before the pick: their seeds 2..K are the pick's too; the
+    contenders are the best baseline and its lr twins (:func:`baseline_contenders`)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     numbers = finalists(ctx, study, {})
-    baseline = best_baseline(study, ctx.objectives.greater_is_better) if ctx.settings.baselines else None
-    if baseline is not None and baseline.number not in numbers:
-        numbers.append(baseline.number)
+    for baseline in baseline_contenders(study, ctx.settings, ctx.objectives.greater_is_better):
+        if baseline.number not in numbers:
+            numbers.append(baseline.number)
     return [(trials[n], seed) for n in numbers
             for seed in retrain_seeds(trials[n].user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)[1:]]
 
@@ -265,8 +267,13 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
     best_trial, best_record = trials[chosen["trial"]], chosen["record"]
     best_dirs = [_adapter_dir(ctx, best_trial, seed) for seed in best_record["seeds"]]
     best_test_metrics = evaluate_adapters(ctx, best_dirs, "test")
-    comparison, baseline_tests = compare(ctx, study, best_trial, best_record, best_dirs, best_test_metrics,
-                                         lambda trial, seed: run_job(ctx, trial, seed, reporter), reporter)
+    def retrain_one(trial: FrozenTrial, seed: int) -> float:
+        return run_job(ctx, trial, seed, reporter)
+
+    shared_seeds = retrain_seeds(0, ctx.settings.seed, ctx.settings.seeds)[1:]
+    baseline, lr_choice = settle_baseline(ctx, study, shared_seeds, retrain_one, reporter)
+    comparison, baseline_tests = compare(ctx, baseline, best_trial, best_record, best_dirs, best_test_metrics,
+                                         retrain_one, reporter, lr_choice)
     best_tests = [m.values for m in best_test_metrics]
     if comparison is not None and comparison["picked"] == "baseline" and not comparison["pick_is_baseline"]:
         best_trial = study.get_trials(deepcopy=False)[comparison["trial"]]

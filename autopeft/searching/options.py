@@ -72,7 +72,8 @@ SEARCH_OPTIONS = OptionTable.of(
                     f"comma-separated from {', '.join(get_args(BaselineName))}, or none (default: all)"),
         Option("baseline_lrs", 2, type=int,
                help="train each baseline at this many learning rates spread over the space's lr range (log "
-                    "scale; the best meets the pick), or 0: one lr drawn by the sampler (default 2)"),
+                    "scale; the best recipe's lrs are settled on seeds 2..K, the best meets the pick), or 0: one lr "
+                    "drawn by the sampler (default 2)"),
         Option("seeds", 3, type=int, help="retrain each finalist with this many seeds (default 3)"),
         Option("finalists", 3, type=int,
                help="front plans retrained with --seeds seeds: the best by metric (default 3; --pick knee "

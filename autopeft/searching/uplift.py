@@ -112,7 +112,7 @@ def describe_comparison(comparison: dict[str, Any] | None) -> str | None:
         return None
     name = comparison["baseline"]
     if comparison.get("pick_is_baseline"):
-        return f"the pick is the baseline {name} (trial {comparison['trial']})"
+        return f"the pick is the baseline {name} (trial {comparison['trial']}{_settled(comparison)})"
 
     def describe(record: dict[str, Any]) -> str:
         fields = ("mean", "std", "n", "low", "high", "lower_bound", "examples")
@@ -120,5 +120,16 @@ def describe_comparison(comparison: dict[str, Any] | None) -> str | None:
 
     verdict = ("beyond noise" if comparison["validation"]["uplift"]["beyond_noise"] else
                f"not beyond noise: the search did not show that it beats {name}, so the pick is {name}")
-    return (f"uplift over the best baseline ({name}, trial {comparison['trial']}): validation "
+    return (f"uplift over the best baseline ({name}, trial {comparison['trial']}{_settled(comparison)}): validation "
             f"{describe(comparison['validation']['uplift'])}, test {describe(comparison['test']['uplift'])}; {verdict}")
+
+
+def _settled(comparison: dict[str, Any]) -> str:
+    """How the baseline's lr was chosen, when the final stage settled it among its lr twins."""
+    choice = comparison.get("lr_choice")
+    if not choice:
+        return ""
+    seeds = f"seeds {', '.join(map(str, choice['seeds']))}"
+    if choice["chosen"] == choice["rungs_chose"]:
+        return f"; its lr confirmed on {seeds}"
+    return f"; its lr settled on {seeds}, where the rungs had chosen trial {choice['rungs_chose']}"
