@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -19,8 +20,10 @@ from autopeft.searching.bookkeeping import (
     joiners_fit,
     out_of_time,
 )
+from autopeft.searching.final_stage import retrained_already
 from autopeft.searching.objectives import Objectives
 from autopeft.searching.settings import SearchSettings
+from autopeft.study.layout import StudyLayout
 from autopeft.testing import TINY_SPACE, tiny_csv, tiny_model_dir
 from autopeft.training.config import TrainConfig
 
@@ -129,14 +132,18 @@ def test_plans_join_the_finalists_only_while_their_retraining_fits_the_budget():
     assert joiners_fit(study, settings, 5, now=10.0**9, deadline=None)  # no --time-budget
 
 
-@pytest.mark.slow
-def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, monkeypatch, capsys):
-    """The finalist's seeds average far below its own run (patched): the next front plan would join on
-    seed means, but the clock says no; the pick stays among the retrained plans, never a single lucky run."""
+def _search_out_of_time(tmp_path, monkeypatch, capsys, seeds_trained: bool) -> tuple[str, dict, list[int]]:
+    """A search whose finalist's seeds average far below its own run (patched retrain), so the next front
+    plan would join on seed means, and a clock that says no (patched); ``seeds_trained``: whether every
+    plan's seeds 2..K count as trained already (as a baseline contender's are). The log, the summary and
+    the trials retrained."""
     from autopeft.searching import final_stage
 
+    retrained: list[int] = []
+
     monkeypatch.setattr(final_stage, "joiners_fit", lambda *args: False)
-    monkeypatch.setattr(final_stage, "retrain", lambda ctx, study, trial, reporter: {
+    monkeypatch.setattr(final_stage, "retrained_already", lambda ctx, trial: seeds_trained)
+    monkeypatch.setattr(final_stage, "retrain", lambda ctx, study, trial, reporter: retrained.append(trial.number) or {
         "seeds": [trial.user_attrs["seed"]], "values": [0.0], "mean": 0.0, "std": 0.0, "steps": 30,
         "collapsed_seeds": []})
     model, data = tiny_model_dir(tmp_path / "model"), tiny_csv(tmp_path / "data.csv", n=240)
@@ -146,9 +153,23 @@ def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, mon
                  "--budget", "1.2k", "--batch-size", "8", "--trials", "6", "--max-steps", "30", "--min-steps", "30",
                  "--seeds", "2", "--finalists", "1", "--workers", "1", "--baselines", "none", "--sampler", "random",
                  "--out", str(out)]) == 0
-    assert "would join the finalists, but --time-budget leaves no time" in " ".join(capsys.readouterr().err.split())
-    best = json.loads((out / "summary.json").read_text())["best"]
-    assert best["retrain"]["values"] == [0.0]  # the retrained finalist (the patched seeds), not a single run
+    return " ".join(capsys.readouterr().err.split()), json.loads((out / "summary.json").read_text()), retrained
+
+
+@pytest.mark.slow
+def test_out_of_time_no_plan_joins_and_the_pick_is_a_retrained_one(tmp_path, monkeypatch, capsys):
+    err, summary, retrained = _search_out_of_time(tmp_path, monkeypatch, capsys, seeds_trained=False)
+    assert "would join the finalists, but --time-budget leaves no time" in err
+    assert summary["best"]["retrain"]["values"] == [0.0]  # the retrained finalist (the patched seeds), not a single run
+    assert len(retrained) == 1
+
+
+@pytest.mark.slow
+def test_out_of_time_a_plan_whose_seeds_are_trained_joins_all_the_same(tmp_path, monkeypatch, capsys):
+    # each joiner's retraining (patched) averages 0.0 again, so the next plan joins in turn
+    err, summary, retrained = _search_out_of_time(tmp_path, monkeypatch, capsys, seeds_trained=True)
+    assert "leaves no time" not in err and "join the finalists" in err
+    assert len(retrained) > 1 and summary["best"]["retrain"]["values"] == [0.0]
 
 
 @pytest.mark.slow
@@ -224,3 +245,21 @@ def test_default_fidelity_caps_the_epochs_at_the_step_cap(tmp_path, monkeypatch)
                  "--baselines", "none", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rungs"][-1] == 30  # 3 epochs of 192 examples at batch 8 = 72 steps, capped at 30
+
+
+def test_a_plan_counts_as_retrained_when_its_own_run_and_seeds_2_to_k_are_on_disk(tmp_path):
+    files = StudyLayout(tmp_path)
+    ctx = SimpleNamespace(files=files, settings=SearchSettings(seeds=3, seed=0),
+                          prepared=SimpleNamespace(session=SimpleNamespace(primary_metric="accuracy")))
+    trial = SimpleNamespace(number=4, user_attrs={"seed": 4})
+    metrics = json.dumps({"validation": {"accuracy": 0.5}})
+    files.trial_dir(4).mkdir(parents=True)
+    (files.trial_dir(4) / "metrics.json").write_text(metrics)
+    assert not retrained_already(ctx, trial)
+    for seed in (1_000_003, 2_000_006):
+        assert not retrained_already(ctx, trial)
+        files.seed_dir(4, seed).mkdir()
+        (files.seed_dir(4, seed) / "metrics.json").write_text(metrics)
+    assert retrained_already(ctx, trial)
+    (files.trial_dir(4) / "metrics.json").unlink()  # its own run's adapter is elsewhere (a remote worker's)
+    assert not retrained_already(ctx, trial)

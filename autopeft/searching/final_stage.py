@@ -8,7 +8,8 @@ front/ and best/.
    by its own run): a finalist whose seeds average lower may drop out, and a plan it had pushed out
    may become a finalist (and is retrained in turn), until the M best plans of the front are all
    retrained, or until ``--time-budget`` leaves no time for the next joiners' retrainings (then they
-   stay unretrained and the pick is made among the retrained plans). That front is the one
+   stay unretrained and the pick is made among the retrained plans; a joiner whose seeds are all
+   trained already, a baseline contender's, joins whatever the time). That front is the one
    ``pareto.csv``, ``summary.json``, ``autopeft pareto``, the plots and the report show: each point
    where it is drawn (seed mean if retrained, own run otherwise) and the front line agree.
 2. Each finalist is trained ``--seeds K`` times at full fidelity. Seed 1 is the trial's own run
@@ -102,6 +103,13 @@ def _job_value(ctx: SearchContext, trial: FrozenTrial, seed: int) -> float | Non
     if not path.is_file():
         return None
     return float(json.loads(path.read_text())["validation"][ctx.prepared.session.primary_metric])
+
+
+def retrained_already(ctx: SearchContext, trial: FrozenTrial) -> bool:
+    """Whether every seed of the trial's retraining is trained (its own run's adapter here, seeds 2..K)."""
+    seeds = retrain_seeds(trial.user_attrs["seed"], ctx.settings.seed, ctx.settings.seeds)
+    return (ctx.files.trial_dir(trial.number) / "metrics.json").is_file() and all(
+        _job_value(ctx, trial, seed) is not None for seed in seeds[1:])
 
 
 def run_job(ctx: SearchContext, trial: FrozenTrial, seed: int, reporter: Reporter) -> float:
@@ -240,20 +248,25 @@ def run_final_stage(ctx: SearchContext, study: optuna.Study, reporter: Reporter,
     reporter.info(f"final stage: retraining {len(chosen_numbers)} of the {len(numbers)} front plans "
                   f"(the finalists) with {ctx.settings.seeds} seeds each")
     records: dict[int, dict[str, Any]] = {}
+    left_out: set[int] = set()  # joiners --time-budget had no time for
     while True:  # until the finalists on seed means are all retrained (see the module docstring)
         for n in chosen_numbers:
-            if n not in records:
+            if n not in records and n not in left_out:
                 records[n] = retrain(ctx, study, trials[n], reporter)
         means = {n: r["mean"] for n, r in records.items()}
         chosen_numbers = finalists(ctx, study, means)
-        joining = sorted(set(chosen_numbers) - set(records))
+        joining = sorted(set(chosen_numbers) - set(records) - left_out)
         if not joining:
             break
-        if not joiners_fit(study, ctx.settings, len(joining), time.time(), deadline):
-            reporter.info(f"final stage: on seed means, trials {joining} would join the finalists, but "
+        # a baseline contender's seeds 2..K are trained already: it joins at no cost (rotten_tomatoes,
+        # results-lrtwins: the LoRA twin was left out "for lack of time" with all its seeds done)
+        costly = [n for n in joining if not retrained_already(ctx, trials[n])]
+        if costly and not joiners_fit(study, ctx.settings, len(costly), time.time(), deadline):
+            left_out.update(costly)
+            reporter.info(f"final stage: on seed means, trials {costly} would join the finalists, but "
                           "--time-budget leaves no time to retrain them: the pick is among the retrained plans")
-            break
-        reporter.info(f"final stage: on seed means, trials {joining} join the finalists")
+        if set(joining) - left_out:
+            reporter.info(f"final stage: on seed means, trials {sorted(set(joining) - left_out)} join the finalists")
     numbers = top_rung_front(study, objectives, means)
 
     def entry(n: int) -> dict[str, Any]:
