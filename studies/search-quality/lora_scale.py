@@ -17,6 +17,14 @@ alpha 2r against alpha 16, each at its own best validation lr (95% interval over
     .venv/bin/python studies/search-quality/lora_scale.py --shard 0/2 &   # resumable
     .venv/bin/python studies/search-quality/lora_scale.py --shard 1/2
     .venv/bin/python studies/search-quality/lora_scale.py --summarize     # -> lora_scale.md/.json
+
+The top of `compact`'s lr range at scale 2 (session 28, `lr_top.*`, one host, bf16): the plan that collapsed,
+at three lrs, alpha 2r only, both tuning sets, seeds 0-2:
+
+    .venv/bin/python studies/search-quality/lora_scale.py --results lr_top --alphas 2r \
+        --structures "lora r2 k,v,up" --lrs 1.2e-3,2e-3,3e-3 --threads 2
+    .venv/bin/python studies/search-quality/lora_scale.py --results lr_top --alphas 2r \
+        --structures "lora r2 k,v,up" --lrs 1.2e-3,2e-3,3e-3 --summarize      # -> lr_top.md/.json
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ def majority_share(session, split: str) -> float:
 
 def run(shard: int, shards: int) -> None:
     done = {(r["dataset"], r["structure"], r["alpha"], r["lr"], r["seed"]) for r in read_jsonl(RESULTS)}
+    print(f"runs of {sorted(STRUCTURES)}, alpha {', '.join(ALPHAS)}, lrs {', '.join(map(str, LRS))} -> {RESULTS.name}")
     # rotten_tomatoes first (where the collapse was seen), seed-major within a dataset: an interrupted run
     # still holds every cell at the first seeds
     jobs = [(d, s, a, lr, seed) for d in reversed(DATASETS) for seed in SEEDS for s in STRUCTURES for a in ALPHAS
@@ -99,12 +108,15 @@ def summarize() -> str:
     records = read_jsonl(RESULTS)
     result: dict = {"steps": STEPS, "seeds": list(SEEDS), "lrs": list(LRS), "datasets": {}}
     seeds_run = sorted({r["seed"] for r in records})
-    lines = [f"## LoRA alpha in `compact`: 16 (before) vs 2r (tuning sets; {STEPS} steps, seeds "
+    title = ("LoRA alpha in `compact`: 16 (before) vs 2r" if len(ALPHAS) > 1 else
+             f"LoRA at alpha {ALPHAS[0]} across `compact`'s lr range")
+    lines = [f"## {title} (tuning sets; {STEPS} steps, seeds "
              f"{', '.join(map(str, seeds_run))} of {', '.join(map(str, SEEDS))})", "",
              "Validation / test accuracy (%), mean ± std over the seeds run (n; one seed: its value); collapsed = seeds whose "
              "validation accuracy is within 1 pt of the majority class's share. * marks the plan's best lr "
-             "on validation; the last column is alpha 2r − alpha 16 on test, each at its own best lr "
-             "(paired by seed, 95% interval over seeds and examples).", ""]
+             "on validation" + ("; the last column is alpha 2r − alpha 16 on test, each at its own best lr "
+                                "(paired by seed, 95% interval over seeds and examples)." if len(ALPHAS) > 1 else
+                                " (no alpha 16 runs here: the last column is empty)."), ""]
     for dataset in DATASETS:
         runs = [r for r in records if r["dataset"] == dataset]
         if not runs:
@@ -157,8 +169,21 @@ def summarize() -> str:
                 lines.append(f"| {structure} | {alpha} | {row['params']:,} | " + " | ".join(texts) + f" | {uplift} |")
         result["datasets"][dataset] = {"rows": rows, "machine": runs[0]["machine"], "bf16": runs[0]["bf16"]}
         lines.append("")
-    (HERE / "lora_scale.json").write_text(json.dumps(result, indent=1) + "\n")
+    RESULTS.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     return "\n".join(lines)
+
+
+def configure(results: str, lrs: str, alphas: str, structures: str) -> None:
+    """The runs (and their file) this invocation is about; the defaults are the alpha study's."""
+    global RESULTS, LRS, ALPHAS, STRUCTURES  # noqa: PLW0603 - a study script's settings, set once from its arguments
+    chosen = [s for s in structures.split(";") if s]
+    unknown = sorted(set(chosen) - set(STRUCTURES)) + sorted(set(alphas.split(",")) - set(ALPHAS))
+    if unknown:
+        sys.exit(f"unknown plans or alphas: {unknown}; choose from {sorted(STRUCTURES)} and {ALPHAS}")
+    RESULTS = HERE / f"{results}.jsonl"
+    LRS = tuple(float(x) for x in lrs.split(","))
+    ALPHAS = tuple(a for a in ALPHAS if a in alphas.split(","))
+    STRUCTURES = {name: STRUCTURES[name] for name in chosen}
 
 
 def main() -> None:
@@ -166,10 +191,15 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="k/n: run every n-th job starting at k")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--results", default="lora_scale", help="NAME: runs in NAME.jsonl, tables in NAME.md/.json")
+    parser.add_argument("--lrs", default=",".join(map(str, LRS)))
+    parser.add_argument("--alphas", default=",".join(ALPHAS), help=f"some of {', '.join(ALPHAS)}")
+    parser.add_argument("--structures", default=";".join(STRUCTURES), help="';'-separated, some of the plans above")
     args = parser.parse_args()
+    configure(args.results, args.lrs, args.alphas, args.structures)
     if args.summarize:
         text = summarize()
-        (HERE / "lora_scale.md").write_text(text)
+        RESULTS.with_suffix(".md").write_text(text)
         print(text)
         return
     torch.set_num_threads(args.threads)
